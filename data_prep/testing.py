@@ -1,0 +1,77 @@
+"""Test helpers: small synthetic idx datasets and running CLIs in a child.
+
+Test-only (BUILD: testonly = True); exercised by the tests that use it.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from data_prep import idx
+
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def split_names(split: str, emnist_subset: str | None = None
+                ) -> tuple[str, str]:
+  """Returns (images, labels) file names without .gz for a split."""
+  if emnist_subset is None:
+    stem = {"train": "train", "test": "t10k"}[split]
+  else:
+    stem = f"emnist-{emnist_subset}-{split}"
+  return f"{stem}-images-idx3-ubyte", f"{stem}-labels-idx1-ubyte"
+
+
+def write_dataset(data_dir: str, rng: np.random.Generator,
+                  num_train: int = 300, num_test: int = 50,
+                  num_classes: int = 10,
+                  emnist_subset: str | None = None
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Writes random 28x28 images and labels as gz idx files.
+
+  With emnist_subset, files get EMNIST names, images are stored transposed
+  and `letters` labels are stored 1-based, as in the published files.
+
+  Returns:
+    {split: (upright uint8 images, 0-based int64 labels)} as a correct
+    loader should return them.
+  """
+  os.makedirs(data_dir, exist_ok=True)
+  expected = {}
+  for split, n in (("train", num_train), ("test", num_test)):
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, n)
+    stored_images = images
+    stored_labels = labels
+    if emnist_subset is not None:
+      stored_images = images.transpose(0, 2, 1)
+      stored_labels = labels + (emnist_subset == "letters")
+    images_name, labels_name = split_names(split, emnist_subset)
+    idx.write_idx(os.path.join(data_dir, images_name + ".gz"),
+                  stored_images)
+    idx.write_idx(os.path.join(data_dir, labels_name + ".gz"),
+                  stored_labels.astype(np.uint8))
+    expected[split] = (images, labels)
+  return expected
+
+
+def start_module(module: str, *args: str) -> subprocess.Popen:
+  """Starts `python -m module args...` with this process's import path."""
+  env = dict(os.environ)
+  # Exercise the CLI's own TF log-level default.
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+  env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT, *sys.path])
+  return subprocess.Popen([sys.executable, "-m", module, *args],
+                          cwd=_PACKAGE_ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def run_module(module: str, *args: str,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+  """Runs `python -m module args...`; returns its exit code and output."""
+  process = start_module(module, *args)
+  stdout, stderr = process.communicate(timeout=timeout)
+  return subprocess.CompletedProcess(process.args, process.returncode,
+                                     stdout, stderr)

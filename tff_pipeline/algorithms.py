@@ -1,0 +1,71 @@
+"""Builds the federated learning process for a task and config."""
+
+from __future__ import annotations
+
+import tensorflow_federated as tff
+
+from tff_pipeline import client_data
+from tff_pipeline import optimizers
+from tff_pipeline.config import TrainConfig
+from tff_pipeline.tasks import Task
+
+# Keeps client shuffles full-dataset for typical shards while bounding memory.
+_MAX_SHUFFLE_BUFFER = 10_000
+
+
+def model_fn_for(task: Task):
+  """A no-arg function building a fresh `tff.learning` model of the task."""
+  input_spec = task.input_spec
+
+  def model_fn() -> tff.learning.models.VariableModel:
+    return tff.learning.models.from_keras_model(
+        task.model_builder(),
+        input_spec=input_spec,
+        loss=task.loss_builder(),
+        metrics=task.metrics_builder(),
+    )
+
+  return model_fn
+
+
+def build_learning_process(
+    task: Task, config: TrainConfig) -> tff.learning.templates.LearningProcess:
+  """Weighted FedAvg/FedOpt or FedProx over client *datasets*."""
+  model_fn = model_fn_for(task)
+  client_optimizer = optimizers.build(config.client_optimizer,
+                                      config.client_learning_rate,
+                                      config.client_momentum)
+  server_optimizer = optimizers.build(config.server_optimizer,
+                                      config.server_learning_rate,
+                                      config.server_momentum)
+  if config.algorithm == 'fedprox':
+    return tff.learning.algorithms.build_weighted_fed_prox(
+        model_fn,
+        proximal_strength=config.fedprox_mu,
+        client_optimizer_fn=client_optimizer,
+        server_optimizer_fn=server_optimizer,
+    )
+  return tff.learning.algorithms.build_weighted_fed_avg(
+      model_fn,
+      client_optimizer_fn=client_optimizer,
+      server_optimizer_fn=server_optimizer,
+  )
+
+
+def build_training_process(
+    task: Task, config: TrainConfig) -> tff.learning.templates.LearningProcess:
+  """The learning process whose `next` takes client keys, not datasets.
+
+  Each client's dataset is built from its key by a dataset computation that
+  runs where the client's work runs, so examples never cross the runtime.
+  """
+  largest = max(info.num_examples for info in task.manifest.clients)
+  dataset_computation = client_data.build_dataset_computation(
+      shard_dir=task.manifest.shard_dir,
+      parse_and_preprocess=task.parse_and_preprocess,
+      epochs=config.client_epochs,
+      batch_size=config.client_batch_size,
+      shuffle_buffer=min(largest, _MAX_SHUFFLE_BUFFER),
+  )
+  return tff.simulation.compose_dataset_computation_with_learning_process(
+      dataset_computation, build_learning_process(task, config))

@@ -1,0 +1,42 @@
+"""Execution contexts: where TFF computations run."""
+
+from __future__ import annotations
+
+import atexit
+
+import tensorflow_federated as tff
+from tensorflow_federated.python.core.backends.native import compiler
+from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
+from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
+from tensorflow_federated.python.core.impl.executors import remote_executor
+from tensorflow_federated.python.core.impl.types import placements
+
+from workers.worker_process import WorkerProcess
+
+
+def context_for_worker(worker: WorkerProcess) -> tff.framework.SyncExecutionContext:
+  """A synchronous TFF context that runs everything on one executor service."""
+  stub = worker.stub()
+
+  def stack_fn(cardinalities):
+    # The service needs a CLIENTS cardinality even for server-only calls.
+    cardinalities.setdefault(placements.CLIENTS, 0)
+    executor = remote_executor.RemoteExecutor(stub)
+    executor.set_cardinalities(cardinalities)
+    return executor
+
+  return tff.framework.SyncExecutionContext(
+      executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(
+          executor_stack_fn=stack_fn),
+      compiler_fn=compiler.desugar_and_transform_to_native,
+      transform_args=tensorflow_computation.transform_args,
+      transform_result=tensorflow_computation.transform_result,
+  )
+
+
+def use_local_runtime() -> WorkerProcess:
+  """Starts a local C++ worker (dies with us) and makes it the default context."""
+  worker = WorkerProcess().start()
+  atexit.register(worker.stop)
+  tff.framework.set_default_context(context_for_worker(worker))
+  return worker

@@ -1,0 +1,31 @@
+"""Seeded uniform client sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def sample_clients(client_ids: Sequence[str], clients_per_round: int,
+                   seed: int, round_num: int) -> list[str]:
+  """Samples clients uniformly without replacement for one round.
+
+  The draw depends only on (seed, round_num), so a resumed run samples the
+  same clients as an uninterrupted one.
+
+  Args:
+    client_ids: All client ids.
+    clients_per_round: How many to draw.
+    seed: The run's seed.
+    round_num: The 1-based round.
+
+  Returns:
+    The sampled ids, in sampled order.
+  """
+  if not 0 < clients_per_round <= len(client_ids):
+    raise ValueError(f'cannot sample {clients_per_round} of '
+                     f'{len(client_ids)} clients')
+  rng = np.random.default_rng([seed, round_num])
+  picks = rng.choice(len(client_ids), size=clients_per_round, replace=False)
+  return [client_ids[i] for i in picks]

@@ -1,0 +1,113 @@
+"""Training scenarios: the data, the model and the loss of each `--task`."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Callable
+
+import tensorflow as tf
+
+from data_prep import images as image_prep
+from data_prep import shards
+from tff_pipeline import models
+from tff_pipeline.config import TrainConfig
+from tff_pipeline.errors import UserError
+
+Batch = dict[str, tf.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A scenario bound to its prepared per-client shards."""
+
+  name: str
+  manifest: shards.Manifest
+  # Builds a fresh, uncompiled Keras model (deterministic for a given config).
+  model_builder: Callable[[], tf.keras.Model]
+  # Maps a parsed batch of examples to (x, y); pure TF, runs on the executor.
+  preprocess: Callable[[Batch], tuple[tf.Tensor, tf.Tensor]]
+  loss_builder: Callable[[], tf.keras.losses.Loss]
+  metrics_builder: Callable[[], list[tf.keras.metrics.Metric]]
+
+  @property
+  def input_spec(self) -> tuple[tf.TensorSpec, tf.TensorSpec]:
+    """The (x, y) batch spec that client datasets yield."""
+    traced = tf.function(self.parse_and_preprocess).get_concrete_function(
+        tf.TensorSpec([None], tf.string))
+    return tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
+                                 traced.structured_outputs)
+
+  def parse_and_preprocess(self, serialized: tf.Tensor):
+    return self.preprocess(shards.parse_batch(serialized, self.manifest.features))
+
+
+def cache_root() -> str:
+  return os.environ.get('TFF_PIPELINE_CACHE',
+                        os.path.expanduser('~/.cache/tff_pipeline'))
+
+
+def default_shard_dir(config: TrainConfig) -> str:
+  """A shard folder named after everything that determines its contents."""
+  alpha = f'-a{config.partition_alpha:g}' if config.partition == 'dirichlet' else ''
+  subset = f'-{config.emnist_subset}' if config.task == 'emnist' else ''
+  source = hashlib.sha256(os.path.abspath(config.data_dir).encode()).hexdigest()[:8] \
+      if config.data_dir else 'default'
+  name = (f'{config.task}{subset}-{config.partition}{alpha}-n{config.num_clients}'
+          f'-s{config.seed}-{source}')
+  return os.path.join(cache_root(), 'shards', name)
+
+
+def _image_preprocess(batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
+  pixels = tf.cast(batch['pixels'], tf.float32) / 255.0
+  return tf.expand_dims(pixels, -1), batch['label']
+
+
+def _image_task(config: TrainConfig) -> Task:
+  builder = models.IMAGE_MODELS.get(config.model)
+  if builder is None:
+    raise UserError(f'--model={config.model} does not fit --task={config.task}; '
+                    f'choose one of {", ".join(models.IMAGE_MODELS)}')
+  manifest = image_prep.find_or_prepare(
+      task=config.task,
+      data_dir=config.data_dir or None,
+      shard_dir=config.shard_dir or default_shard_dir(config),
+      num_clients=config.num_clients,
+      partition=config.partition,
+      partition_alpha=config.partition_alpha,
+      seed=config.seed,
+      emnist_subset=config.emnist_subset,
+  )
+  num_classes = manifest.num_classes
+  return Task(
+      name=config.task,
+      manifest=manifest,
+      model_builder=lambda: builder(num_classes, seed=config.seed,
+                                    weight_decay=config.weight_decay),
+      preprocess=_image_preprocess,
+      loss_builder=tf.keras.losses.SparseCategoricalCrossentropy,
+      metrics_builder=lambda: [
+          tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')],
+  )
+
+
+_TASKS: dict[str, Callable[[TrainConfig], Task]] = {
+    'fashion_mnist': _image_task,
+    'mnist': _image_task,
+    'emnist': _image_task,
+}
+
+
+def load(config: TrainConfig) -> Task:
+  """Prepares (or reuses) the task's shards and returns the bound task.
+
+  Raises:
+    UserError: Unknown task or a model that does not fit it.
+    data_prep.errors.DataPrepError: Missing or malformed input data.
+  """
+  factory = _TASKS.get(config.task)
+  if factory is None:
+    raise UserError(f'unknown task {config.task!r}; choose one of '
+                    f'{", ".join(_TASKS)}')
+  return factory(config)

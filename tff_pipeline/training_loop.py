@@ -1,0 +1,182 @@
+"""The round loop: sample, train, evaluate, record, checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_pipeline import algorithms
+from tff_pipeline import checkpoint
+from tff_pipeline import client_data
+from tff_pipeline import config as config_lib
+from tff_pipeline import evaluation
+from tff_pipeline import metrics_io
+from tff_pipeline import progress as progress_lib
+from tff_pipeline import sampling
+from tff_pipeline import tasks
+from tff_pipeline.config import TrainConfig
+from tff_pipeline.errors import UserError
+
+CONFIG_FILE = 'config.json'
+CHECKPOINT_DIR = 'checkpoints'
+# Flags that may change between a run and its resumption.
+_RESUMABLE_CHANGES = frozenset(
+    {'resume', 'progress', 'rounds', 'eval_every', 'eval_batch_size',
+     'keep_checkpoints', 'output_dir'})
+
+
+def _check_output_dir(config: TrainConfig) -> None:
+  """Refuses to overwrite a run, or to resume a different one."""
+  saved_path = os.path.join(config.output_dir, CONFIG_FILE)
+  has_run = os.path.exists(saved_path) or os.path.exists(
+      os.path.join(config.output_dir, metrics_io.METRICS_FILE))
+  if not config.resume:
+    if has_run:
+      raise UserError(
+          f'--output_dir={config.output_dir} already holds a run; pass --resume '
+          'to continue it, or choose another --output_dir')
+    return
+  if not os.path.exists(saved_path):
+    raise UserError(f'--resume: {saved_path} not found; is --output_dir the '
+                    'folder of the run to continue?')
+  with open(saved_path, encoding='utf-8') as f:
+    saved = json.load(f)
+  current = config_lib.to_dict(config)
+  changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES
+                   and k in saved and saved[k] != current[k])
+  if changed:
+    diffs = ', '.join(f'{k}: {saved[k]!r} -> {current[k]!r}' for k in changed)
+    raise UserError(f'--resume: the config differs from the run in '
+                    f'{config.output_dir} ({diffs}); use the original values')
+
+
+def _save_config(config: TrainConfig) -> None:
+  os.makedirs(config.output_dir, exist_ok=True)
+  path = os.path.join(config.output_dir, CONFIG_FILE)
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(config_lib.to_dict(config), f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
+
+
+def _train_metrics(metrics: Any) -> dict[str, float]:
+  train = metrics['client_work']['train']
+  return {
+      'loss': float(train['loss']),
+      'accuracy': float(train['accuracy']),
+      'num_examples': int(train['num_examples']),
+  }
+
+
+def initial_state(process: tff.learning.templates.LearningProcess,
+                  task: tasks.Task):
+  """`initialize()` with the seeded Keras initial weights of the task model."""
+  state = process.initialize()
+  weights = tff.learning.models.ModelWeights.from_model(task.model_builder())
+  return process.set_model_weights(state, weights)
+
+
+@dataclasses.dataclass
+class RunResult:
+  state: Any
+  rows: list[dict[str, Any]]
+  summary: dict[str, Any]
+
+
+def run(config: TrainConfig,
+        on_round: Optional[Callable[[dict[str, Any]], None]] = None,
+        ) -> RunResult:
+  """Trains for `config.rounds` rounds, resuming if asked.
+
+  Args:
+    config: A validated config.
+    on_round: Called with each round's metrics row after it is saved.
+
+  Returns:
+    The final server state, this invocation's rows and the summary.
+  """
+  wall_start = time.monotonic()
+  _check_output_dir(config)
+  task = tasks.load(config)
+  client_ids = task.manifest.client_ids()
+  if config.num_clients != len(client_ids):
+    raise UserError(f'{task.manifest.shard_dir} holds {len(client_ids)} clients, '
+                    f'not --num_clients={config.num_clients}; rebuild the '
+                    'shards or fix the flag')
+  _save_config(config)
+  tf.keras.utils.set_random_seed(config.seed)
+  process = algorithms.build_training_process(task, config)
+  evaluator = evaluation.CentralEvaluator(task, config.eval_batch_size)
+  checkpoints = checkpoint.RoundCheckpoints(
+      os.path.join(config.output_dir, CHECKPOINT_DIR), config.keep_checkpoints)
+
+  state = initial_state(process, task)
+  first_round = 1
+  if config.resume:
+    state, last_round = checkpoints.load_latest(state)
+    first_round = last_round + 1
+    logging.info('resuming after round %d from %s', last_round,
+                 checkpoints.root_dir)
+  writer = metrics_io.MetricsWriter(
+      config.output_dir, keep_through_round=first_round - 1 if config.resume else None)
+  bar = progress_lib.Progress(config.rounds, first_round, enabled=config.progress)
+
+  rows: list[dict[str, Any]] = []
+  last_eval: Optional[dict[str, float]] = None
+  for round_num in range(first_round, config.rounds + 1):
+    sampled = sampling.sample_clients(client_ids, config.clients_per_round,
+                                      config.seed, round_num)
+    keys = [client_data.client_key(
+        c, client_data.shuffle_seed(config.seed, round_num, c)) for c in sampled]
+    start = time.monotonic()
+    output = process.next(state, keys)
+    round_seconds = time.monotonic() - start
+    state = output.state
+    row: dict[str, Any] = {
+        'round': round_num,
+        'round_seconds': round_seconds,
+        'clients': sampled,
+        'train': _train_metrics(output.metrics),
+    }
+    due = config.eval_every and round_num % config.eval_every == 0
+    if due or round_num == config.rounds:
+      eval_start = time.monotonic()
+      last_eval = evaluator.evaluate(process.get_model_weights(state))
+      row['eval'] = last_eval
+      row['eval_seconds'] = time.monotonic() - eval_start
+    # Metrics first, then the checkpoint: a crash in between redoes the round.
+    writer.write(row)
+    checkpoints.save(state, round_num)
+    rows.append(row)
+    bar.update(round_num, row['train'], row.get('eval'))
+    if on_round is not None:
+      on_round(row)
+  writer.close()
+
+  all_rows = metrics_io.read_metrics(config.output_dir)
+  if last_eval is None:
+    evaluated = [r for r in all_rows if 'eval' in r]
+    last_eval = evaluated[-1]['eval'] if evaluated else evaluator.evaluate(
+        process.get_model_weights(state))
+  summary = {
+      'final_round': config.rounds,
+      'final_eval': last_eval,
+      'final_train': all_rows[-1]['train'] if all_rows else None,
+      'config': config_lib.to_dict(config),
+      'config_sections': config_lib.to_yaml_sections(config),
+      'shard_dir': task.manifest.shard_dir,
+      'versions': metrics_io.library_versions(),
+      'wall_seconds': time.monotonic() - wall_start,
+      'round_seconds_total': sum(r['round_seconds'] for r in all_rows),
+      'mean_round_seconds': (sum(r['round_seconds'] for r in all_rows) /
+                             max(1, len(all_rows))),
+      'resumed_from_round': first_round - 1 if config.resume else None,
+  }
+  metrics_io.write_summary(config.output_dir, summary)
+  return RunResult(state=state, rows=rows, summary=summary)
