@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow_federated as tff
 
 from tff_pipeline import client_data
+from tff_pipeline import fedprox
 from tff_pipeline import optimizers
 from tff_pipeline.config import TrainConfig
 from tff_pipeline.tasks import Task
@@ -30,7 +31,7 @@ def model_fn_for(task: Task):
 
 def build_learning_process(
     task: Task, config: TrainConfig) -> tff.learning.templates.LearningProcess:
-  """Weighted FedAvg/FedOpt or FedProx over client *datasets*."""
+  """Weighted FedAvg/FedOpt, or FedProx, over client datasets."""
   model_fn = model_fn_for(task)
   client_optimizer = optimizers.build(config.client_optimizer,
                                       config.client_learning_rate,
@@ -39,12 +40,9 @@ def build_learning_process(
                                       config.server_learning_rate,
                                       config.server_momentum)
   if config.algorithm == 'fedprox':
-    return tff.learning.algorithms.build_weighted_fed_prox(
-        model_fn,
-        proximal_strength=config.fedprox_mu,
-        client_optimizer_fn=client_optimizer,
-        server_optimizer_fn=server_optimizer,
-    )
+    # Not tff.learning.algorithms.build_weighted_fed_prox: see fedprox.py.
+    client_optimizer = fedprox.ProximalOptimizer(client_optimizer,
+                                                 config.fedprox_mu)
   return tff.learning.algorithms.build_weighted_fed_avg(
       model_fn,
       client_optimizer_fn=client_optimizer,
@@ -59,13 +57,18 @@ def build_training_process(
   Each client's dataset is built from its key by a dataset computation that
   runs where the client's work runs, so examples never cross the runtime.
   """
+  return tff.simulation.compose_dataset_computation_with_learning_process(
+      build_dataset_computation(task, config),
+      build_learning_process(task, config))
+
+
+def build_dataset_computation(task: Task, config: TrainConfig) -> tff.Computation:
+  """Client key -> the client's training dataset, as the process sees it."""
   largest = max(info.num_examples for info in task.manifest.clients)
-  dataset_computation = client_data.build_dataset_computation(
+  return client_data.build_dataset_computation(
       shard_dir=task.manifest.shard_dir,
       parse_and_preprocess=task.parse_and_preprocess,
       epochs=config.client_epochs,
       batch_size=config.client_batch_size,
       shuffle_buffer=min(largest, _MAX_SHUFFLE_BUFFER),
   )
-  return tff.simulation.compose_dataset_computation_with_learning_process(
-      dataset_computation, build_learning_process(task, config))

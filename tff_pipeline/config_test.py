@@ -171,5 +171,27 @@ class ConfigTest(absltest.TestCase):
     self.assertEqual(again, config)
 
 
+
+class ShippedConfigsTest(absltest.TestCase):
+
+  def test_every_shipped_config_resolves(self):
+    configs_dir = os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), 'configs')
+    names = sorted(n for n in os.listdir(configs_dir) if n.endswith('.yaml'))
+    self.assertNotEmpty(names)
+    for name in names:
+      overrides = config_lib.parse_yaml(os.path.join(configs_dir, name))
+      config = config_lib.resolve(overrides.values, {'output_dir': '/tmp/x'})
+      self.assertIn(config.task, config_lib.TASKS, name)
+
+  def test_shipped_defaults_file_matches_code_defaults(self):
+    configs_dir = os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), 'configs')
+    overrides = config_lib.parse_yaml(os.path.join(configs_dir,
+                                                   'fashion_mnist.yaml'))
+    self.assertEqual(config_lib.resolve(overrides.values, {'output_dir': 'x'}),
+                     config_lib.resolve({}, {'output_dir': 'x'}))
+
+
 if __name__ == '__main__':
   absltest.main()

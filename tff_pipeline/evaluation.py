@@ -37,6 +37,14 @@ class CentralEvaluator:
   def evaluate(self, weights: tff.learning.models.ModelWeights) -> dict[str, float]:
     """Returns {'loss': ..., <metric>: ...} for `weights`."""
     weights.assign_weights_to(self._model)
+    return self._evaluate()
+
+  def evaluate_keras(self, model: tf.keras.Model) -> dict[str, float]:
+    """Same, for the weights of a Keras model of the task."""
+    self._model.set_weights(model.get_weights())
+    return self._evaluate()
+
+  def _evaluate(self) -> dict[str, float]:
     for metric in [self._mean_loss, *self._metrics]:
       metric.reset_state()
     for x, y in self._dataset:

@@ -64,12 +64,8 @@ def _image_preprocess(batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
   return tf.expand_dims(pixels, -1), batch['label']
 
 
-def _image_task(config: TrainConfig) -> Task:
-  builder = models.IMAGE_MODELS.get(config.model)
-  if builder is None:
-    raise UserError(f'--model={config.model} does not fit --task={config.task}; '
-                    f'choose one of {", ".join(models.IMAGE_MODELS)}')
-  manifest = image_prep.find_or_prepare(
+def _prepare_image_shards(config: TrainConfig) -> shards.Manifest:
+  return image_prep.find_or_prepare(
       task=config.task,
       data_dir=config.data_dir or None,
       shard_dir=config.shard_dir or default_shard_dir(config),
@@ -79,6 +75,13 @@ def _image_task(config: TrainConfig) -> Task:
       seed=config.seed,
       emnist_subset=config.emnist_subset,
   )
+
+
+def _image_task(config: TrainConfig, manifest: shards.Manifest) -> Task:
+  builder = models.IMAGE_MODELS.get(config.model)
+  if builder is None:
+    raise UserError(f'--model={config.model} does not fit --task={config.task}; '
+                    f'choose one of {", ".join(models.IMAGE_MODELS)}')
   num_classes = manifest.num_classes
   return Task(
       name=config.task,
@@ -92,10 +95,19 @@ def _image_task(config: TrainConfig) -> Task:
   )
 
 
-_TASKS: dict[str, Callable[[TrainConfig], Task]] = {
-    'fashion_mnist': _image_task,
-    'mnist': _image_task,
-    'emnist': _image_task,
+@dataclasses.dataclass(frozen=True)
+class _TaskKind:
+  prepare: Callable[[TrainConfig], shards.Manifest]
+  bind: Callable[[TrainConfig, shards.Manifest], Task]
+
+
+_IMAGE = _TaskKind(prepare=_prepare_image_shards, bind=_image_task)
+
+
+_TASKS: dict[str, _TaskKind] = {
+    'fashion_mnist': _IMAGE,
+    'mnist': _IMAGE,
+    'emnist': _IMAGE,
 }
 
 
@@ -106,8 +118,17 @@ def load(config: TrainConfig) -> Task:
     UserError: Unknown task or a model that does not fit it.
     data_prep.errors.DataPrepError: Missing or malformed input data.
   """
-  factory = _TASKS.get(config.task)
-  if factory is None:
+  return from_manifest(config, _kind(config).prepare(config))
+
+
+def from_manifest(config: TrainConfig, manifest: shards.Manifest) -> Task:
+  """Binds the task to already-prepared shards (e.g. on an edge pod)."""
+  return _kind(config).bind(config, manifest)
+
+
+def _kind(config: TrainConfig) -> _TaskKind:
+  kind = _TASKS.get(config.task)
+  if kind is None:
     raise UserError(f'unknown task {config.task!r}; choose one of '
                     f'{", ".join(_TASKS)}')
-  return factory(config)
+  return kind

@@ -12,6 +12,7 @@ from absl import logging
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from data_prep import shards
 from tff_pipeline import algorithms
 from tff_pipeline import checkpoint
 from tff_pipeline import client_data
@@ -104,6 +105,8 @@ def run(config: TrainConfig,
   wall_start = time.monotonic()
   _check_output_dir(config)
   task = tasks.load(config)
+  # Fail fast, naming the file, rather than deep inside a TFF round.
+  shards.verify_shards(task.manifest)
   client_ids = task.manifest.client_ids()
   if config.num_clients != len(client_ids):
     raise UserError(f'{task.manifest.shard_dir} holds {len(client_ids)} clients, '
