@@ -23,6 +23,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app
 from absl import flags
 import tensorflow as tf  # Before absl runs main; see tff_pipeline/train.py.
+from absl import logging
 
 _SIDE = flags.DEFINE_enum('side', None, ['tff', 'keras'],
                           'Internal: run one side and write JSON.')
@@ -48,7 +49,7 @@ def _run_tff() -> dict:
   from bench import rss
   from tff_pipeline import runtime, training_loop
   config = _config()
-  worker = runtime.use_local_runtime()
+  worker = runtime.use_local_runtime(config.clients_per_round)
   times, last = [], [time.monotonic()]
 
   def on_round(row):
@@ -95,6 +96,7 @@ def _steady(times: list[float]) -> float:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)
   if _SIDE.value:
     result = _run_tff() if _SIDE.value == 'tff' else _run_keras()
     with open(_JSON_OUT.value, 'w') as f:

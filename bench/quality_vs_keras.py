@@ -17,6 +17,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 # pylint: disable=g-import-not-at-top
 from absl import app
+from absl import logging
 from absl import flags
 import tensorflow as tf  # pylint: disable=unused-import
 
@@ -32,12 +33,13 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)
   explicit = {n: FLAGS[n].value for n in config_lib.OPTION_FIELDS
               if FLAGS[n].present}
   explicit.setdefault('output_dir', tempfile.mkdtemp(prefix='quality-'))
   explicit.setdefault('progress', False)
   config = config_lib.resolve({}, explicit)
-  runtime.use_local_runtime()
+  runtime.use_local_runtime(config.clients_per_round)
   ours = training_loop.run(config).rows
   reference = keras_fedavg.run(tasks.load(config), config)
   print(f'{config.task}/{config.model}, {config.num_clients} clients '

@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
           f'{config.num_clients} clients ({config.partition}), '
           f'{config.clients_per_round}/round, {config.rounds} rounds -> '
           f'{config.output_dir}', file=sys.stderr)
-    runtime.use_local_runtime()
+    runtime.use_local_runtime(config.clients_per_round)
     result = training_loop.run(config)
   except (UserError, DataPrepError) as e:
     print(f'error: {e}', file=sys.stderr)

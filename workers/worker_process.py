@@ -50,11 +50,18 @@ class WorkerProcess:
   def __init__(self, port: Optional[int] = None, host: str = '127.0.0.1',
                max_concurrent_computation_calls: int = -1,
                env: Optional[dict[str, str]] = None,
-               log_path: Optional[str] = None):
+               log_path: Optional[str] = None,
+               intra_op_threads: Optional[int] = None,
+               inter_op_threads: Optional[int] = None):
     self.host = host
     self.port = port or portpicker.pick_unused_port()
     self._max_calls = max_concurrent_computation_calls
-    self._env = env
+    self._env = dict(os.environ if env is None else env)
+    # TF's runtime in the worker sizes its thread pools from these.
+    if intra_op_threads:
+      self._env['TF_NUM_INTRAOP_THREADS'] = str(intra_op_threads)
+    if inter_op_threads:
+      self._env['TF_NUM_INTEROP_THREADS'] = str(inter_op_threads)
     self._log_path = log_path
     self._process: Optional[subprocess.Popen] = None
     self._log = None

@@ -1,0 +1,32 @@
+from absl.testing import absltest
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_pipeline import runtime
+from workers import worker_process
+
+
+class RuntimeTest(absltest.TestCase):
+
+  def test_computations_run_on_our_worker(self):
+    worker = worker_process.WorkerProcess().start()
+    self.addCleanup(worker.stop)
+    tff.framework.set_default_context(runtime.context_for_worker(worker))
+
+    @tff.tensorflow.computation(tf.int32)
+    def add_one(x):
+      return x + 1
+
+    @tff.federated_computation(tff.FederatedType(tf.int32, tff.CLIENTS))
+    def client_sum(values):
+      return tff.federated_sum(tff.federated_map(add_one, values))
+
+    self.assertEqual(add_one(41), 42)  # No CLIENTS argument: cardinality 0.
+    self.assertEqual(client_sum([1, 2, 3]), 9)
+    worker.stop()
+    with self.assertRaises(Exception):  # Really remote: dead worker, no answer.
+      add_one(1)
+
+
+if __name__ == '__main__':
+  absltest.main()

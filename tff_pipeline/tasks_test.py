@@ -1,0 +1,66 @@
+import os
+import shutil
+import tempfile
+
+from absl.testing import absltest
+import tensorflow as tf
+
+from tff_pipeline import config as config_lib
+from tff_pipeline import tasks
+from tff_pipeline.errors import UserError
+
+
+class TasksTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls._dir = tempfile.mkdtemp()
+    os.environ['TFF_PIPELINE_CACHE'] = cls._dir
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls._dir)
+    super().tearDownClass()
+
+  def _config(self, **overrides):
+    values = dict(num_clients=5, clients_per_round=2, partition='iid',
+                  output_dir='/tmp/unused')
+    values.update(overrides)
+    return config_lib.resolve({}, values)
+
+  def test_fashion_mnist_task_parses_and_preprocesses_shards(self):
+    task = tasks.load(self._config(model='lr'))
+    self.assertEqual(task.manifest.num_classes, 10)
+    self.assertEqual(len(task.manifest.client_ids()), 5)
+    x_spec, y_spec = task.input_spec
+    self.assertEqual(x_spec.shape.as_list(), [None, 28, 28, 1])
+    self.assertEqual(y_spec.dtype, tf.int64)
+    path = task.manifest.path(task.manifest.clients[0])
+    x, y = next(iter(tf.data.TFRecordDataset(path).batch(4).map(
+        task.parse_and_preprocess)))
+    self.assertEqual(x.shape, (4, 28, 28, 1))
+    self.assertBetween(float(tf.reduce_max(x)), 0.5, 1.0)
+    self.assertGreaterEqual(float(tf.reduce_min(x)), 0.0)
+    self.assertEqual(task.model_builder()(x).shape, (4, 10))
+
+  def test_shards_are_reused_for_the_same_request(self):
+    first = tasks.load(self._config(model='lr'))
+    mtime = os.path.getmtime(os.path.join(first.manifest.shard_dir,
+                                          'manifest.json'))
+    second = tasks.load(self._config(model='cnn'))  # Model does not matter.
+    self.assertEqual(first.manifest.shard_dir, second.manifest.shard_dir)
+    self.assertEqual(mtime, os.path.getmtime(
+        os.path.join(second.manifest.shard_dir, 'manifest.json')))
+    other = tasks.default_shard_dir(self._config(partition='dirichlet'))
+    self.assertNotEqual(other, first.manifest.shard_dir)
+
+  def test_unknown_task(self):
+    config = self._config()
+    config = config.__class__(**dict(config_lib.to_dict(config), task='nope'))
+    with self.assertRaisesRegex(UserError, "unknown task 'nope'"):
+      tasks.load(config)
+
+
+if __name__ == '__main__':
+  absltest.main()
