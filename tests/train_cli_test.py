@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from typing import Callable, Optional
 import unittest

