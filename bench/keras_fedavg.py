@@ -44,7 +44,7 @@ def run(task: Task, config: TrainConfig,
       key = tf.constant(client_data.client_key(
           c, client_data.shuffle_seed(config.seed, round_num, c)))
       dataset = client_data.client_dataset(
-          key, task.manifest.shard_dir, task.parse_and_preprocess,
+          key, task.manifest.shard_dir, task.batched,
           config.client_epochs, config.client_batch_size, largest)
       model.set_weights(global_weights)
       for v in model.optimizer.variables:  # Fresh client optimizer state.

@@ -228,7 +228,7 @@ _BARE_HEADING = re.compile(r"(?:ACT|Act|SCENE|Scene) +(?:[IVXLC]+|\d+)\.?")
 # heading and this is theirs.
 _ENTER_ONE = re.compile(r"\[(?:Enter|Re-enter) +(?P<name>[A-Za-z][A-Za-z' -]*?)"
                         r"\.?\]")
-_TINY_TAG = re.compile(r"(?P<name>[A-Z][A-Za-z' .,&-]*):")
+_TINY_TAG = re.compile(r"(?P<name>[A-Z][A-Za-z0-9' .,&-]*):")
 
 
 def role_key(name: str) -> str:
@@ -700,8 +700,13 @@ def prepare(data_dir: str | None, shard_dir: str, num_clients: int = 0,
   Raises:
     DataPrepError: bad request, missing or malformed input.
   """
-  return build(data_dir, shard_dir, num_clients, eval_fraction, min_chars,
-               seed)[0]
+  manifest, stats = build(data_dir, shard_dir, num_clients, eval_fraction,
+                          min_chars, seed)
+  logging.info("shakespeare: %d training clients, %d held out, %d dropped "
+               "below %d chars, %d input files without speech",
+               len(stats.client_chars), stats.num_eval_clients,
+               stats.num_dropped, min_chars, stats.num_skipped_files)
+  return manifest
 
 
 def find_or_prepare(data_dir: str | None, shard_dir: str,
@@ -792,10 +797,6 @@ def build(data_dir: str | None, shard_dir: str, num_clients: int,
       num_eval_chars=sum(map(len, eval_snippets)),
       num_dropped=num_dropped,
       num_skipped_files=len(corpus.skipped_files))
-  logging.info("shakespeare: %d training clients, %d held out, %d dropped "
-               "below %d chars, %d input files without speech",
-               len(train), num_eval_clients, num_dropped, min_chars,
-               len(corpus.skipped_files))
   return manifest, stats
 
 

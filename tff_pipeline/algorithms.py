@@ -67,7 +67,7 @@ def build_dataset_computation(task: Task, config: TrainConfig) -> tff.Computatio
   largest = max(info.num_examples for info in task.manifest.clients)
   return client_data.build_dataset_computation(
       shard_dir=task.manifest.shard_dir,
-      parse_and_preprocess=task.parse_and_preprocess,
+      batch_fn=task.batched,
       epochs=config.client_epochs,
       batch_size=config.client_batch_size,
       shuffle_buffer=min(largest, _MAX_SHUFFLE_BUFFER),

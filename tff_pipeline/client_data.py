@@ -35,7 +35,7 @@ def shuffle_seed(seed: int, round_num: int, client_id: str) -> int:
 def client_dataset(
     key: tf.Tensor,
     shard_dir: str,
-    parse_and_preprocess: Callable[[tf.Tensor], object],
+    batch_fn: Callable[[tf.data.Dataset, int], tf.data.Dataset],
     epochs: int,
     batch_size: int,
     shuffle_buffer: int,
@@ -47,13 +47,12 @@ def client_dataset(
   dataset = tf.data.TFRecordDataset(shards.shard_path(shard_dir, client_id))
   dataset = dataset.shuffle(shuffle_buffer, seed=seed,
                             reshuffle_each_iteration=True)
-  dataset = dataset.repeat(epochs).batch(batch_size)
-  return dataset.map(parse_and_preprocess)
+  return batch_fn(dataset.repeat(epochs), batch_size)
 
 
 def build_dataset_computation(
     shard_dir: str,
-    parse_and_preprocess: Callable[[tf.Tensor], object],
+    batch_fn: Callable[[tf.data.Dataset, int], tf.data.Dataset],
     epochs: int,
     batch_size: int,
     shuffle_buffer: int,
@@ -62,7 +61,7 @@ def build_dataset_computation(
 
   @tff.tensorflow.computation(tf.string)
   def dataset_from_key(key):
-    return client_dataset(key, shard_dir, parse_and_preprocess, epochs,
-                          batch_size, shuffle_buffer)
+    return client_dataset(key, shard_dir, batch_fn, epochs, batch_size,
+                          shuffle_buffer)
 
   return dataset_from_key

@@ -12,9 +12,11 @@ from tests import testutil
 from tff_pipeline import client_data
 
 
-def _parse(serialized):
-  batch = shards.parse_batch(serialized, image_prep.FEATURES_SPEC)
-  return batch['pixels'], batch['label']
+def _batched(dataset, batch_size):
+  def parse(serialized):
+    batch = shards.parse_batch(serialized, image_prep.FEATURES_SPEC)
+    return batch['pixels'], batch['label']
+  return dataset.batch(batch_size).map(parse)
 
 
 class ClientDataTest(absltest.TestCase):
@@ -32,7 +34,7 @@ class ClientDataTest(absltest.TestCase):
 
   def _dataset(self, key, epochs=2, batch_size=8):
     return client_data.client_dataset(
-        tf.constant(key), os.path.join(self._dir, 's'), _parse, epochs,
+        tf.constant(key), os.path.join(self._dir, 's'), _batched, epochs,
         batch_size, shuffle_buffer=30)
 
   def test_batches_cover_every_example_each_epoch(self):

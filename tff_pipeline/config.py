@@ -31,8 +31,8 @@ SECTIONS = (
     'tracking_args',
 )
 
-TASKS = ('fashion_mnist', 'mnist', 'emnist')
-MODELS = ('cnn', '2nn', 'lr')
+TASKS = ('fashion_mnist', 'mnist', 'emnist', 'shakespeare')
+MODELS = ('cnn', '2nn', 'lr', 'char_lstm')
 PARTITIONS = ('iid', 'dirichlet', 'natural')
 ALGORITHMS = ('fedavg', 'fedprox')
 CLIENT_OPTIMIZERS = ('sgd', 'sgdm', 'adam')
@@ -100,8 +100,10 @@ class TrainConfig:
       choices=('auto', 'digits', 'letters', 'balanced', 'bymerge', 'byclass',
                'mnist'))
   num_clients: int = _opt(
-      100, 'data_args', 'Number of clients the training data is split into.',
-      fedml=('train_args.client_num_in_total',), check=_at_least(1))
+      100, 'data_args',
+      'Number of clients the training data is split into; with '
+      '--partition=natural, keep the N largest owners (0: all of them).',
+      fedml=('train_args.client_num_in_total',), check=_at_least(0))
   partition: str = _opt(
       'dirichlet', 'data_args',
       'How data is split over clients: iid, dirichlet (FedML "hetero"; see '
@@ -229,6 +231,16 @@ _IGNORED_FEDML_KEYS: dict[str, str] = {
 _IGNORED_PREFIXES: dict[str, str] = {
     'wandb_': 'TensorBoard event files in --output_dir',
     'mlops_': 'metrics.jsonl and TensorBoard in --output_dir',
+}
+
+
+# Per-task defaults, between the global defaults and YAML/flags.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    # TFF's Shakespeare baseline: char LSTM, SGD lr 1, small batches of
+    # 80-character sequences; clients are speaking roles (natural owners).
+    'shakespeare': dict(model='char_lstm', partition='natural', num_clients=0,
+                        client_learning_rate=1.0, client_batch_size=8,
+                        eval_batch_size=64),
 }
 
 
@@ -406,6 +418,8 @@ def resolve(yaml_values: Mapping[str, Any],
     task = merged.get('task', TrainConfig.task)
     merged['output_dir'] = os.path.join(
         'runs', f'{task}-{time.strftime("%Y%m%d-%H%M%S")}')
+  task = merged.get('task', TrainConfig.task)
+  merged = {**TASK_DEFAULTS.get(task, {}), **merged}
   config = TrainConfig(**merged)
   validate(config)
   return config
@@ -424,7 +438,10 @@ def validate(config: TrainConfig) -> None:
     problem = check(value) if check is not None else None
     if problem:
       raise UserError(f'--{name} {problem}')
-  if config.clients_per_round > config.num_clients:
+  if config.num_clients == 0 and config.partition != 'natural':
+    raise UserError('--num_clients=0 (all owners) needs --partition=natural; '
+                    'give a number of clients')
+  if config.num_clients and config.clients_per_round > config.num_clients:
     raise UserError(
         f'--clients_per_round={config.clients_per_round} is greater than '
         f'--num_clients={config.num_clients}; lower it or raise --num_clients')

@@ -23,8 +23,8 @@ class CentralEvaluator:
     self._metrics = task.metrics_builder()
     self._mean_loss = tf.keras.metrics.Mean(name='loss')
     path = task.manifest.path(task.manifest.eval)
-    self._dataset = (tf.data.TFRecordDataset(path).batch(batch_size)
-                     .map(task.parse_and_preprocess).cache())
+    self._dataset = task.batched(tf.data.TFRecordDataset(path),
+                                 batch_size).cache()
 
   @tf.function
   def _update(self, x, y):

@@ -84,3 +84,28 @@ IMAGE_MODELS: dict[str, ModelBuilder] = {
     '2nn': create_2nn,
     'lr': create_lr,
 }
+
+
+def create_char_lstm(vocab_size: int, seed: int = 0, weight_decay: float = 0.0,
+                     embedding_dim: int = 8, units: int = 256) -> tf.keras.Model:
+  """TFF's Shakespeare baseline: char embedding, two LSTMs, logits per step.
+
+  Input: int64 char ids [batch, time] (0 is padding); output: logits
+  [batch, time, vocab_size].
+  """
+  layers = tf.keras.layers
+  reg = _regularizer(weight_decay)
+  init = lambda i: tf.keras.initializers.GlorotUniform(seed=seed + i)
+  recurrent = lambda i: tf.keras.initializers.Orthogonal(seed=seed + 20 + i)
+  return tf.keras.Sequential([
+      layers.Input(shape=(None,), dtype=tf.int64),
+      layers.Embedding(vocab_size, embedding_dim,
+                       embeddings_initializer=tf.keras.initializers.RandomUniform(
+                           -0.05, 0.05, seed=seed + 30)),
+      layers.LSTM(units, return_sequences=True, kernel_initializer=init(0),
+                  recurrent_initializer=recurrent(0), kernel_regularizer=reg),
+      layers.LSTM(units, return_sequences=True, kernel_initializer=init(1),
+                  recurrent_initializer=recurrent(1), kernel_regularizer=reg),
+      layers.Dense(vocab_size, kernel_initializer=init(2),
+                   kernel_regularizer=reg),
+  ], name='char_lstm')

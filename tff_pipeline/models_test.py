@@ -39,5 +39,17 @@ class ModelsTest(parameterized.TestCase):
     self.assertEmpty(models.create_lr(10).losses)
 
 
+
+class CharLstmTest(absltest.TestCase):
+
+  def test_shapes_and_parameter_count(self):
+    model = models.create_char_lstm(90)
+    logits = model(tf.zeros([2, 80], tf.int64))
+    self.assertEqual(logits.shape, (2, 80, 90))
+    lstm = lambda n_in: 4 * 256 * (n_in + 256 + 1)
+    self.assertEqual(model.count_params(),
+                     90 * 8 + lstm(8) + lstm(256) + 256 * 90 + 90)
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -10,12 +10,16 @@ from typing import Callable
 import tensorflow as tf
 
 from data_prep import images as image_prep
+from data_prep import shakespeare as shakespeare_prep
 from data_prep import shards
+from tff_pipeline import keras_metrics
 from tff_pipeline import models
 from tff_pipeline.config import TrainConfig
 from tff_pipeline.errors import UserError
 
 Batch = dict[str, tf.Tensor]
+# Examples parsed at once before re-batching (sequence tasks).
+_PARSE_BATCH = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +34,9 @@ class Task:
   preprocess: Callable[[Batch], tuple[tf.Tensor, tf.Tensor]]
   loss_builder: Callable[[], tf.keras.losses.Loss]
   metrics_builder: Callable[[], list[tf.keras.metrics.Metric]]
+  # Sequence tasks: an example (a snippet) yields a variable number of rows,
+  # so batches are re-formed after preprocessing.
+  rebatch: bool = False
 
   @property
   def input_spec(self) -> tuple[tf.TensorSpec, tf.TensorSpec]:
@@ -41,6 +48,14 @@ class Task:
 
   def parse_and_preprocess(self, serialized: tf.Tensor):
     return self.preprocess(shards.parse_batch(serialized, self.manifest.features))
+
+  def batched(self, serialized: tf.data.Dataset,
+              batch_size: int) -> tf.data.Dataset:
+    """Serialized examples -> batches of (x, y) of `batch_size` rows."""
+    if not self.rebatch:
+      return serialized.batch(batch_size).map(self.parse_and_preprocess)
+    return (serialized.batch(_PARSE_BATCH).map(self.parse_and_preprocess)
+            .unbatch().batch(batch_size))
 
 
 def cache_root() -> str:
@@ -104,10 +119,51 @@ class _TaskKind:
 _IMAGE = _TaskKind(prepare=_prepare_image_shards, bind=_image_task)
 
 
+def _prepare_shakespeare_shards(config: TrainConfig) -> shards.Manifest:
+  if config.partition != 'natural':
+    raise UserError(f'--task=shakespeare has natural clients (speaking roles); '
+                    f'drop --partition={config.partition} or use natural')
+  return shakespeare_prep.find_or_prepare(
+      data_dir=config.data_dir or None,
+      shard_dir=config.shard_dir or default_shard_dir(config),
+      num_clients=config.num_clients,
+      seed=config.seed,
+  )
+
+
+def _shakespeare_preprocess(batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
+  return shakespeare_prep.to_sequences(batch['snippet'])
+
+
+def _shakespeare_task(config: TrainConfig, manifest: shards.Manifest) -> Task:
+  if config.model != 'char_lstm':
+    raise UserError(f'--model={config.model} does not fit --task=shakespeare; '
+                    'use char_lstm')
+  vocab_size = shakespeare_prep.VOCAB_SIZE
+  return Task(
+      name=config.task,
+      manifest=manifest,
+      model_builder=lambda: models.create_char_lstm(
+          vocab_size, seed=config.seed, weight_decay=config.weight_decay),
+      preprocess=_shakespeare_preprocess,
+      loss_builder=lambda: tf.keras.losses.SparseCategoricalCrossentropy(
+          from_logits=True),
+      # Next-character accuracy, not counting padding.
+      metrics_builder=lambda: [keras_metrics.MaskedAccuracy(
+          masked_tokens=[shakespeare_prep.PAD_ID])],
+      rebatch=True,
+  )
+
+
+_SHAKESPEARE = _TaskKind(prepare=_prepare_shakespeare_shards,
+                         bind=_shakespeare_task)
+
+
 _TASKS: dict[str, _TaskKind] = {
     'fashion_mnist': _IMAGE,
     'mnist': _IMAGE,
     'emnist': _IMAGE,
+    'shakespeare': _SHAKESPEARE,
 }
 
 

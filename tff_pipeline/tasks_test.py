@@ -3,8 +3,10 @@ import shutil
 import tempfile
 
 from absl.testing import absltest
+import numpy as np
 import tensorflow as tf
 
+from tests import testutil
 from tff_pipeline import config as config_lib
 from tff_pipeline import tasks
 from tff_pipeline.errors import UserError
@@ -59,6 +61,44 @@ class TasksTest(absltest.TestCase):
     config = self._config()
     config = config.__class__(**dict(config_lib.to_dict(config), task='nope'))
     with self.assertRaisesRegex(UserError, "unknown task 'nope'"):
+      tasks.load(config)
+
+
+
+class ShakespeareTaskTest(absltest.TestCase):
+
+  def test_tinyshakespeare_task_yields_masked_sequences(self):
+    path = os.path.join(testutil.shared_data_dir(), 'shakespeare',
+                        'tinyshakespeare.txt')
+    if not os.path.exists(path):
+      self.skipTest(f'{path} missing')
+    tmp = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, tmp)
+    config = config_lib.resolve({}, dict(task='shakespeare', data_dir=path,
+                                         num_clients=6, clients_per_round=2,
+                                         shard_dir=os.path.join(tmp, 's'),
+                                         output_dir=tmp))
+    self.assertEqual((config.model, config.partition), ('char_lstm', 'natural'))
+    task = tasks.load(config)
+    self.assertLen(task.manifest.client_ids(), 6)
+    path = task.manifest.path(task.manifest.clients[0])
+    x, y = next(iter(task.batched(tf.data.TFRecordDataset(path), 8)))
+    self.assertEqual(x.shape, (8, 80))
+    # Targets are inputs shifted by one character.
+    np.testing.assert_array_equal(x.numpy()[:, 1:], y.numpy()[:, :-1])
+    logits = task.model_builder()(x)
+    metric = task.metrics_builder()[0]
+    metric.update_state(y, logits)
+    self.assertBetween(float(metric.result()), 0.0, 1.0)
+
+  def test_shakespeare_rejects_image_models_and_partitions(self):
+    config = config_lib.resolve({}, dict(task='shakespeare', model='cnn',
+                                         output_dir='/tmp/x'))
+    with self.assertRaisesRegex(UserError, 'does not fit --task=shakespeare'):
+      tasks.from_manifest(config, None)
+    config = config_lib.resolve({}, dict(task='shakespeare', partition='iid',
+                                         num_clients=10, output_dir='/tmp/x'))
+    with self.assertRaisesRegex(UserError, 'natural clients'):
       tasks.load(config)
 
 

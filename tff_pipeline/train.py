@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
   try:
     config = config_from_flags()
     print(f'training {config.task}/{config.model} with {config.algorithm}: '
-          f'{config.num_clients} clients ({config.partition}), '
+          f'{config.num_clients or "all"} clients ({config.partition}), '
           f'{config.clients_per_round}/round, {config.rounds} rounds -> '
           f'{config.output_dir}', file=sys.stderr)
     runtime.use_local_runtime(config.clients_per_round)

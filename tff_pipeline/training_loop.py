@@ -108,10 +108,13 @@ def run(config: TrainConfig,
   # Fail fast, naming the file, rather than deep inside a TFF round.
   shards.verify_shards(task.manifest)
   client_ids = task.manifest.client_ids()
-  if config.num_clients != len(client_ids):
+  if config.num_clients and config.num_clients != len(client_ids):
     raise UserError(f'{task.manifest.shard_dir} holds {len(client_ids)} clients, '
-                    f'not --num_clients={config.num_clients}; rebuild the '
-                    'shards or fix the flag')
+                    f'not --num_clients={config.num_clients}; lower '
+                    '--num_clients or rebuild the shards')
+  if config.clients_per_round > len(client_ids):
+    raise UserError(f'--clients_per_round={config.clients_per_round} but the '
+                    f'data has only {len(client_ids)} clients; lower it')
   _save_config(config)
   tf.keras.utils.set_random_seed(config.seed)
   process = algorithms.build_training_process(task, config)

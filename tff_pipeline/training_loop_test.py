@@ -6,6 +6,7 @@ import tempfile
 from absl.testing import absltest
 import numpy as np
 
+from tests import testutil
 from tff_pipeline import config as config_lib
 from tff_pipeline import runtime
 from tff_pipeline import training_loop
@@ -69,6 +70,28 @@ class TrainingLoopTest(absltest.TestCase):
     with self.assertRaisesRegex(UserError, r'client_learning_rate: 0.1 -> 0.2'):
       training_loop.run(self._config('changed', rounds=2, resume=True,
                                      client_learning_rate=0.2))
+
+
+
+class ShakespeareTrainingTest(absltest.TestCase):
+
+  def test_char_lstm_learns_on_tinyshakespeare(self):
+    path = os.path.join(testutil.shared_data_dir(), 'shakespeare',
+                        'tinyshakespeare.txt')
+    if not os.path.exists(path):
+      self.skipTest(f'{path} missing')
+    runtime.use_local_runtime(2)
+    tmp = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, tmp)
+    config = config_lib.resolve({}, dict(
+        task='shakespeare', data_dir=path, num_clients=4, clients_per_round=2,
+        rounds=2, eval_every=1, progress=False,
+        shard_dir=os.path.join(tmp, 'shards'),
+        output_dir=os.path.join(tmp, 'out')))
+    result = training_loop.run(config)
+    # Uniform guessing over 90 ids has loss ln(90) = 4.50.
+    self.assertLess(result.summary['final_eval']['loss'], 4.0)
+    self.assertGreater(result.summary['final_eval']['accuracy'], 0.1)
 
 
 if __name__ == '__main__':

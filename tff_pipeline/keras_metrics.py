@@ -1,0 +1,33 @@
+"""Keras metrics the tasks need beyond Keras' own."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+
+class MaskedAccuracy(tf.keras.metrics.Mean):
+  """Accuracy of argmax predictions over tokens not in `masked_tokens`.
+
+  For sequence tasks: padding (and e.g. OOV/EOS) must not count as correct
+  or as wrong predictions.
+  """
+
+  def __init__(self, masked_tokens: Sequence[int] = (0,),
+               name: str = 'accuracy', dtype=None):
+    super().__init__(name=name, dtype=dtype)
+    self._masked_tokens = list(masked_tokens)
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    del sample_weight  # The mask is the weight.
+    y_true = tf.cast(y_true, tf.int64)
+    predictions = tf.argmax(y_pred, axis=-1, output_type=tf.int64)
+    keep = tf.ones_like(y_true, tf.bool)
+    for token in self._masked_tokens:
+      keep = tf.logical_and(keep, tf.not_equal(y_true, token))
+    correct = tf.cast(tf.equal(predictions, y_true), self.dtype)
+    return super().update_state(correct, sample_weight=tf.cast(keep, self.dtype))
+
+  def get_config(self):
+    return dict(super().get_config(), masked_tokens=self._masked_tokens)
