@@ -25,7 +25,7 @@ class ShardError(DataPrepError):
 
 def rebuild_hint(shard_dir: str, task: str | None = None) -> str:
   """Returns the advice to rebuild `shard_dir`, for error messages."""
-  module = task if task in ("mnist", "fashion_mnist", "emnist",
-                            "shakespeare") else "<task>"
+  module = task if task in ("mnist", "fashion_mnist", "emnist", "shakespeare",
+                            "movielens", "stackoverflow") else "<task>"
   return (f"re-run `python -m data_prep.{module} --output_dir={shard_dir}` "
           "to rebuild it")

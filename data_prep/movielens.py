@@ -9,7 +9,7 @@ Usage:
 --split=per_user, the only choice there).
 
 One client per user (client id user_<original id>, zero-padded) holding that
-user's training ratings; the eval shard holds every eval rating. Features:
+user's training ratings; the eval shard holds the eval ratings. Features:
   item    int64  dense item index 0..num_items-1 (ascending original id)
   rating  float  1..5
   user    int64  dense user index 0..num_users-1 (ascending original id),
@@ -27,9 +27,9 @@ users cannot be evaluated).
 Splits:
   u1        train = u1.base, eval = u1.test (GroupLens' standard 80/20).
   per_user  for each user, the latest round(eval_fraction * n) (half up)
-            of their n ratings by (timestamp, item id) go to eval, keeping at least one
-            rating in train. Ties in timestamp are broken by item id, so the
-            split does not depend on line order.
+            of their n ratings by (timestamp, item id) go to eval,
+            keeping at least one rating in train. Ties in timestamp are
+            broken by item id, so the split does not depend on line order.
 Client shards list a user's ratings by (timestamp, item id); the eval shard
 by (user, timestamp, item id).
 """

@@ -28,33 +28,40 @@ full of identifiers that would flood the vocabulary and are not language;
 inline <code> is kept because it is part of the sentence ("run `wsl`").
 Titles are plain text (only entities are unescaped). Text is lowercased and
 split into tokens with TOKEN_PATTERN: words are runs of word characters
-joined by inner punctuation (don't, node.js, 22.04, docker_engine, urls),
-with a trailing +/# kept (c++, c#) and a leading "." kept before a word
-(.net); any other punctuation becomes tokens of one repeated character
-("?", ")", "..."). TFF's stackoverflow data splits on whitespace only, which
-leaves "running." and "running" as different words.
+joined by inner . ' : / @ % + # = & ~ - (don't, node.js, 22.04,
+std::vector, docker_engine, most urls), with a trailing +/# kept (c++, c#)
+and a leading "." kept before a word (.net); any other punctuation becomes
+tokens of one repeated character ("?", "(", "<", "..."). TFF's
+stackoverflow data splits on whitespace only, which leaves "running." and
+"running" as different words.
 
 Held-out owners: an owner is held out for eval when a seeded hash of its id
 falls below --eval_fraction, so the choice needs no memory, does not depend
-on row order and is stable when rows are added. With --num_clients=N > 0
-only the N training owners with the most questions become clients, and the
-eval shard keeps the round(N * f / (1 - f)) held-out owners with the most
-questions (f = --eval_fraction), so eval owners stay the same share of the
-owners kept. Ties are broken by the owner hash. Vocabularies are counted
-over the questions of all non-held-out owners.
+on row order and is stable when rows are added; the held-out share is
+--eval_fraction in expectation (each owner is drawn independently). With
+--num_clients=N > 0 only the N training owners with the most questions
+become clients, and the eval shard keeps the round(N * f / (1 - f))
+held-out owners with the most questions (f = --eval_fraction), so eval
+owners stay the same share of the owners kept. Ties are broken by the owner
+hash. Vocabularies are counted over the questions of all non-held-out
+owners; the counts behind them may be low by at most
+source["vocab_error_bound"] (["tags_error_bound"]), which is 0 when every
+distinct word fit the counter.
 
 Memory does not grow with the input size. One streaming pass (a) counts
 word and tag frequencies with `HeavyHitters` (Misra-Gries, capacity
 HEAVY_HITTERS_FACTOR x the vocabulary size) and (b) spills normalized rows
 to K bucket files by a hash of the owner; then (c) each bucket is grouped by
 owner in memory and written as client shards. Peak memory is about one
-bucket (input size / K, K defaulting to one bucket per
-BUCKET_TARGET_BYTES of input) plus the counters, plus one entry per client
-in the manifest, plus the eval examples: shards.write_shards takes the eval
-shard as in-memory columns, so eval questions are held in memory (use
---num_clients or a small --eval_fraction for multi-GB exports). Buckets
-split the owner-hash range, and owners are written in hash order, so the
-output does not depend on K.
+bucket (about input size / K; K defaults to one bucket per
+BUCKET_TARGET_BYTES of input, capped by the open-file limit; a bucket holds
+at least all questions of its busiest owner) plus the counters (~30 MB for
+10000 words), plus one entry per client in the manifest, plus the eval
+examples: shards.write_shards takes the eval shard as in-memory columns, so
+eval questions are held in memory (use --num_clients or a small
+--eval_fraction for multi-GB exports). Buckets split the owner-hash range
+and owners are written in hash order, so the output does not depend on K.
+Spill files go to a hidden directory beside --output_dir and are removed.
 """
 
 import collections
@@ -70,6 +77,7 @@ import itertools
 import math
 import os
 import re
+import resource
 import shutil
 import statistics
 import sys
@@ -101,16 +109,20 @@ DEFAULT_NUM_TAGS = 500
 DEFAULT_EVAL_FRACTION = 0.1
 # Heavy-hitters capacity per requested vocabulary entry.
 HEAVY_HITTERS_FACTOR = 10
-# Input bytes per spill bucket when --num_buckets=0 (gzip input counts 5x).
-BUCKET_TARGET_BYTES = 32 << 20
-MAX_BUCKETS = 1024
+# Input bytes per spill bucket when --num_buckets=0 (gzip input counts 5x);
+# a bucket takes about its input size in memory when grouped.
+BUCKET_TARGET_BYTES = 16 << 20
+MAX_BUCKETS = 4096
+# File descriptors left for everything else while all buckets are open.
+_RESERVED_FDS = 64
 # Longest field accepted; Stack Overflow bodies are below 64k characters,
 # so a longer field is almost surely an unterminated quote.
 MAX_FIELD_CHARS = 1 << 22
 # Bumped whenever normalization changes, so find_or_prepare rebuilds.
 NORMALIZATION = "html.parser-no-pre/lower/token-pattern-v1"
 TOKEN_PATTERN = re.compile(
-    r"((?:(?<![\w.])\.(?=\w))?\w+(?:[^\s\w]+\w+)*[+#]*|([^\s\w])\2*)")
+    r"(\.?\w+(?:[.'\u2019:/@%+#=&~-]+\w+)*[+#]*"
+    r"|([^\s\w])\2*)")
 INPUT_NAMES = tuple(f"posts_questions.{fmt}{gz}"
                     for fmt in FORMATS for gz in ("", ".gz"))
 _OWNER = re.compile(r"[A-Za-z0-9_.-]+")
@@ -374,8 +386,13 @@ def prepare(input_path: str, shard_dir: str,
   source = _source_record(path, vocab_size, num_tags)
   if not num_buckets:
     size = source["files"][0]["bytes"] * (5 if path.endswith(".gz") else 1)
-    num_buckets = min(MAX_BUCKETS,
-                      max(1, math.ceil(size / BUCKET_TARGET_BYTES)))
+    wanted = max(1, math.ceil(size / BUCKET_TARGET_BYTES))
+    num_buckets = min(wanted, max_open_buckets())
+    if num_buckets < wanted:
+      logging.warning(
+          "using %d spill buckets, not %d: the open-file limit (ulimit -n) "
+          "is too low; buckets and memory use grow accordingly",
+          num_buckets, wanted)
   with _open_text(path) as f:
     return prepare_lines(f, path, shard_dir, fmt=source["format"],
                          vocab_size=vocab_size, num_tags=num_tags,
@@ -447,6 +464,11 @@ def prepare_lines(lines: Iterable[str], name: str, shard_dir: str, *,
   if num_buckets < 1:
     raise errors.DataPrepError(
         f"--num_buckets={num_buckets} must be at least 1 for a stream")
+  if num_buckets > max_open_buckets():
+    raise errors.DataPrepError(
+        f"--num_buckets={num_buckets} needs more open files than the limit "
+        f"allows (at most {max_open_buckets()} buckets); raise `ulimit -n` "
+        "or pass fewer --num_buckets")
   shard_dir = os.path.abspath(shard_dir)
   _check_output_dir(shard_dir)
   parent = os.path.dirname(shard_dir)
@@ -485,6 +507,14 @@ def locate_input(input_path: str) -> str:
         f"directory {path} {problem} of {', '.join(INPUT_NAMES)}; pass "
         "--input=<the export file>")
   return found[0]
+
+
+def max_open_buckets() -> int:
+  """Most buckets the open-file limit allows (at most MAX_BUCKETS)."""
+  soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+  if soft == resource.RLIM_INFINITY:
+    return MAX_BUCKETS
+  return max(1, min(MAX_BUCKETS, soft - _RESERVED_FDS))
 
 
 def client_id(owner: str) -> str:
@@ -779,7 +809,7 @@ def _check_request(vocab_size: int, num_tags: int, num_clients: int,
   if not 0 <= num_buckets <= MAX_BUCKETS:
     raise errors.DataPrepError(
         f"--num_buckets={num_buckets} must be in 0..{MAX_BUCKETS} (0 picks "
-        "one per 32 MiB of input)")
+        "one per 16 MiB of input)")
 
 
 def _partition_record(num_clients: int, eval_fraction: float,
@@ -834,7 +864,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                        flag_values=flag_values)
   flags.DEFINE_integer(
       "num_buckets", 0,
-      "Spill buckets (memory ~ input / buckets); 0 = one per 32 MiB.",
+      "Spill buckets (memory ~ input / buckets); 0 = one per 16 MiB.",
       flag_values=flag_values)
 
 
