@@ -7,7 +7,6 @@ client id format and what is recorded in the manifest.
 
 import os
 
-from absl import logging
 import numpy as np
 
 from data_prep import errors
@@ -91,19 +90,12 @@ def find_or_prepare(task: str, data_dir: str | None, shard_dir: str,
   wanted_partition = _partition_record(num_clients, partition,
                                        partition_alpha, seed)
   wanted_source = _source_record(task, data_dir, emnist_subset)
-  if os.path.exists(os.path.join(shard_dir, shards.MANIFEST_FILE)):
-    try:
-      manifest = shards.load_manifest(shard_dir)
-    except errors.ShardError as e:
-      logging.warning("rebuilding %s: %s", shard_dir, e)
-    else:
-      if (manifest.task == task and
-              manifest.partition == wanted_partition and
-              manifest.source == wanted_source):
-        logging.info("reusing shards in %s", shard_dir)
-        return manifest
-      logging.info("rebuilding %s: it was built from a different "
-                   "task, partition or source", shard_dir)
+  manifest = shards.load_if_matching(
+      shard_dir, lambda manifest: (manifest.task == task and
+                                  manifest.partition == wanted_partition and
+                                  manifest.source == wanted_source))
+  if manifest is not None:
+    return manifest
   return prepare(task, data_dir, shard_dir, num_clients, partition,
                  partition_alpha, seed, emnist_subset)
 

@@ -173,20 +173,13 @@ def find_or_prepare(data_dir: str, shard_dir: str, split: str | None = None,
   data_dir = os.path.abspath(data_dir)
   wanted_source = _source_record(data_dir, dataset, resolved)
   wanted_partition = _partition_record(resolved, eval_fraction)
-  if os.path.exists(os.path.join(shard_dir, shards.MANIFEST_FILE)):
-    try:
-      manifest = shards.load_manifest(shard_dir)
-    except errors.ShardError as e:
-      logging.warning("rebuilding %s: %s", shard_dir, e)
-    else:
-      if (manifest.task == TASK and
-              manifest.partition == wanted_partition and
-              {k: manifest.source.get(k) for k in wanted_source} ==
-              wanted_source):
-        logging.info("reusing shards in %s", shard_dir)
-        return manifest
-      logging.info("rebuilding %s: it was built from a different "
-                   "task, split or input files", shard_dir)
+  manifest = shards.load_if_matching(
+      shard_dir, lambda manifest: (manifest.task == TASK and
+                                  manifest.partition == wanted_partition and
+                                  {k: manifest.source.get(k) for k in wanted_source} ==
+                                  wanted_source))
+  if manifest is not None:
+    return manifest
   return prepare(data_dir, shard_dir, resolved, eval_fraction)
 
 

@@ -725,19 +725,12 @@ def find_or_prepare(data_dir: str | None, shard_dir: str,
   _check_request(num_clients, eval_fraction, min_chars)
   wanted_source = _source_record(data_dir, detect_format(data_dir),
                                  num_clients, eval_fraction, min_chars)
-  if os.path.exists(os.path.join(shard_dir, shards.MANIFEST_FILE)):
-    try:
-      manifest = shards.load_manifest(shard_dir)
-    except errors.ShardError as e:
-      logging.warning("rebuilding %s: %s", shard_dir, e)
-    else:
-      if (manifest.task == TASK and manifest.source == wanted_source and
-              manifest.partition.get("method") == "natural" and
-              manifest.partition.get("seed") == seed):
-        logging.info("reusing shards in %s", shard_dir)
-        return manifest
-      logging.info("rebuilding %s: it was built from a different task, "
-                   "source or seed", shard_dir)
+  manifest = shards.load_if_matching(
+      shard_dir, lambda manifest: (manifest.task == TASK and manifest.source == wanted_source and
+                                  manifest.partition.get("method") == "natural" and
+                                  manifest.partition.get("seed") == seed))
+  if manifest is not None:
+    return manifest
   return prepare(data_dir, shard_dir, num_clients, eval_fraction, min_chars,
                  seed)
 

@@ -23,7 +23,9 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
+
+from absl import logging
 
 import numpy as np
 import tensorflow as tf
@@ -252,6 +254,28 @@ def load_manifest(shard_dir: str) -> Manifest:
     raise errors.ShardError(
         f"{path} is malformed ({e}); "
         f"{errors.rebuild_hint(shard_dir, task)}") from e
+
+
+def load_if_matching(shard_dir: str,
+                     matches: Callable[[Manifest], bool]) -> Manifest | None:
+  """The manifest of an earlier build that `matches` this request, else None.
+
+  Shared by the `find_or_prepare` functions: a missing, unreadable or
+  different shard dir is rebuilt by the caller (and said so in the log).
+  """
+  if not os.path.exists(os.path.join(shard_dir, MANIFEST_FILE)):
+    return None
+  try:
+    manifest = load_manifest(shard_dir)
+  except errors.ShardError as e:
+    logging.warning("rebuilding %s: %s", shard_dir, e)
+    return None
+  if not matches(manifest):
+    logging.info("rebuilding %s: it was built from a different request",
+                 shard_dir)
+    return None
+  logging.info("reusing shards in %s", shard_dir)
+  return manifest
 
 
 def verify_shards(manifest: Manifest,

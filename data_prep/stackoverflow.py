@@ -420,20 +420,13 @@ def find_or_prepare(input_path: str, shard_dir: str,
   wanted_source = _source_record(locate_input(input_path), vocab_size,
                                  num_tags)
   wanted_partition = _partition_record(num_clients, eval_fraction, seed)
-  if os.path.exists(os.path.join(shard_dir, shards.MANIFEST_FILE)):
-    try:
-      manifest = shards.load_manifest(shard_dir)
-    except errors.ShardError as e:
-      logging.warning("rebuilding %s: %s", shard_dir, e)
-    else:
-      if (manifest.task == TASK and
-              manifest.partition == wanted_partition and
-              {k: manifest.source.get(k) for k in wanted_source} ==
-              wanted_source):
-        logging.info("reusing shards in %s", shard_dir)
-        return manifest
-      logging.info("rebuilding %s: it was built from a different task, "
-                   "partition, input or vocabulary size", shard_dir)
+  manifest = shards.load_if_matching(
+      shard_dir, lambda manifest: (manifest.task == TASK and
+                                  manifest.partition == wanted_partition and
+                                  {k: manifest.source.get(k) for k in wanted_source} ==
+                                  wanted_source))
+  if manifest is not None:
+    return manifest
   return prepare(input_path, shard_dir, vocab_size, num_tags, num_clients,
                  eval_fraction, seed, num_buckets)
 
