@@ -31,8 +31,9 @@ SECTIONS = (
     'tracking_args',
 )
 
-TASKS = ('fashion_mnist', 'mnist', 'emnist', 'shakespeare')
-MODELS = ('cnn', '2nn', 'lr', 'char_lstm')
+TASKS = ('fashion_mnist', 'mnist', 'emnist', 'shakespeare', 'stackoverflow_tag',
+         'stackoverflow_nwp')
+MODELS = ('cnn', '2nn', 'lr', 'char_lstm', 'word_lstm')
 PARTITIONS = ('iid', 'dirichlet', 'natural')
 ALGORITHMS = ('fedavg', 'fedprox')
 CLIENT_OPTIMIZERS = ('sgd', 'sgdm', 'adam')
@@ -195,7 +196,8 @@ OPTION_FIELDS: dict[str, dataclasses.Field] = {
 # FedML's value spellings, per option: FedML value (lower-cased) -> ours.
 _FEDML_VALUES: dict[str, dict[str, str]] = {
     'task': {'fmnist': 'fashion_mnist', 'fashionmnist': 'fashion_mnist',
-             'femnist': 'emnist'},
+             'femnist': 'emnist', 'fed_shakespeare': 'shakespeare',
+             'stackoverflow_lr': 'stackoverflow_tag'},
     'partition': {'hetero': 'dirichlet', 'homo': 'iid'},
     'algorithm': {'fedopt': 'fedavg'},
 }
@@ -241,6 +243,16 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     'shakespeare': dict(model='char_lstm', partition='natural', num_clients=0,
                         client_learning_rate=1.0, client_batch_size=8,
                         eval_batch_size=64),
+    # TFF's Stack Overflow baselines; clients are question owners.
+    # Sigmoid cross-entropy averaged over hundreds of tags has tiny
+    # gradients: large client steps (not tuned beyond the 100-question sample).
+    'stackoverflow_tag': dict(model='lr', partition='natural', num_clients=0,
+                              client_learning_rate=10.0, client_batch_size=16,
+                              clients_per_round=5, eval_batch_size=100),
+    'stackoverflow_nwp': dict(model='word_lstm', partition='natural',
+                              num_clients=0, client_learning_rate=0.3,
+                              client_batch_size=16, clients_per_round=5,
+                              eval_batch_size=100),
 }
 
 

@@ -109,3 +109,33 @@ def create_char_lstm(vocab_size: int, seed: int = 0, weight_decay: float = 0.0,
       layers.Dense(vocab_size, kernel_initializer=init(2),
                    kernel_regularizer=reg),
   ], name='char_lstm')
+
+
+def create_bag_of_words_lr(vocab_size: int, num_tags: int, seed: int = 0,
+                           weight_decay: float = 0.0) -> tf.keras.Model:
+  """Stack Overflow tag prediction: one sigmoid per tag over word frequencies."""
+  return tf.keras.Sequential([
+      tf.keras.layers.Input(shape=(vocab_size,)),
+      tf.keras.layers.Dense(num_tags, activation='sigmoid',
+                            **_dense_kwargs(seed, 0, weight_decay)),
+  ], name='tag_lr')
+
+
+def create_word_lstm(vocab_size: int, seed: int = 0, weight_decay: float = 0.0,
+                     embedding_dim: int = 96, units: int = 670
+                     ) -> tf.keras.Model:
+  """TFF's Stack Overflow next-word baseline: embedding, LSTM, two dense."""
+  layers = tf.keras.layers
+  reg = _regularizer(weight_decay)
+  return tf.keras.Sequential([
+      layers.Input(shape=(None,), dtype=tf.int64),
+      layers.Embedding(vocab_size, embedding_dim,
+                       embeddings_initializer=tf.keras.initializers.RandomUniform(
+                           -0.05, 0.05, seed=seed + 30)),
+      layers.LSTM(units, return_sequences=True,
+                  kernel_initializer=tf.keras.initializers.GlorotUniform(seed),
+                  recurrent_initializer=tf.keras.initializers.Orthogonal(
+                      seed=seed + 20), kernel_regularizer=reg),
+      layers.Dense(embedding_dim, **_dense_kwargs(seed, 1, weight_decay)),
+      layers.Dense(vocab_size, **_dense_kwargs(seed, 2, weight_decay)),
+  ], name='word_lstm')

@@ -11,9 +11,11 @@ import tensorflow as tf
 
 from data_prep import images as image_prep
 from data_prep import shakespeare as shakespeare_prep
+from data_prep import stackoverflow as stackoverflow_prep
 from data_prep import shards
 from tff_pipeline import keras_metrics
 from tff_pipeline import models
+from tff_pipeline import text_features
 from tff_pipeline.config import TrainConfig
 from tff_pipeline.errors import UserError
 
@@ -69,7 +71,9 @@ def default_shard_dir(config: TrainConfig) -> str:
   subset = f'-{config.emnist_subset}' if config.task == 'emnist' else ''
   source = hashlib.sha256(os.path.abspath(config.data_dir).encode()).hexdigest()[:8] \
       if config.data_dir else 'default'
-  name = (f'{config.task}{subset}-{config.partition}{alpha}-n{config.num_clients}'
+  # Both Stack Overflow tasks read the same shards.
+  family = 'stackoverflow' if config.task.startswith('stackoverflow') else config.task
+  name = (f'{family}{subset}-{config.partition}{alpha}-n{config.num_clients}'
           f'-s{config.seed}-{source}')
   return os.path.join(cache_root(), 'shards', name)
 
@@ -159,11 +163,85 @@ _SHAKESPEARE = _TaskKind(prepare=_prepare_shakespeare_shards,
                          bind=_shakespeare_task)
 
 
+def _prepare_stackoverflow_shards(config: TrainConfig) -> shards.Manifest:
+  if not config.data_dir:
+    raise UserError(f'--task={config.task} needs --data_dir: a BigQuery export '
+                    'of posts_questions (.tsv or .csv)')
+  if config.partition != 'natural':
+    raise UserError(f'--task={config.task} has natural clients (question '
+                    f'owners); drop --partition={config.partition}')
+  return stackoverflow_prep.find_or_prepare(
+      input_path=config.data_dir,
+      shard_dir=config.shard_dir or default_shard_dir(config),
+      num_clients=config.num_clients,
+      seed=config.seed,
+  )
+
+
+def _stackoverflow_tag_task(config: TrainConfig,
+                            manifest: shards.Manifest) -> Task:
+  if config.model != 'lr':
+    raise UserError(f'--model={config.model} does not fit '
+                    '--task=stackoverflow_tag; use lr')
+  vocab, tags = manifest.source['vocab'], manifest.source['tags']
+
+  def preprocess(batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
+    return (text_features.bag_of_words(batch['tokens'], vocab),
+            text_features.multi_hot_tags(batch['tags'], tags))
+
+  return Task(
+      name=config.task,
+      manifest=manifest,
+      model_builder=lambda: models.create_bag_of_words_lr(
+          len(vocab), len(tags), seed=config.seed,
+          weight_decay=config.weight_decay),
+      preprocess=preprocess,
+      loss_builder=tf.keras.losses.BinaryCrossentropy,
+      # "accuracy" here is precision@1: the top-scored tag is a true tag.
+      metrics_builder=lambda: [
+          tf.keras.metrics.Precision(top_k=1, name='accuracy'),
+          tf.keras.metrics.Recall(top_k=5, name='recall_at_5')],
+  )
+
+
+def _stackoverflow_nwp_task(config: TrainConfig,
+                            manifest: shards.Manifest) -> Task:
+  if config.model != 'word_lstm':
+    raise UserError(f'--model={config.model} does not fit '
+                    '--task=stackoverflow_nwp; use word_lstm')
+  words = text_features.WordIds(manifest.source['vocab'])
+
+  def preprocess(batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
+    return text_features.word_sequences(batch['tokens'], words)
+
+  return Task(
+      name=config.task,
+      manifest=manifest,
+      model_builder=lambda: models.create_word_lstm(
+          words.size, seed=config.seed, weight_decay=config.weight_decay),
+      preprocess=preprocess,
+      loss_builder=lambda: tf.keras.losses.SparseCategoricalCrossentropy(
+          from_logits=True),
+      # TFF's baseline accuracy: padding, out-of-vocabulary and end tokens
+      # are neither right nor wrong.
+      metrics_builder=lambda: [keras_metrics.MaskedAccuracy(
+          masked_tokens=[text_features.PAD_ID, words.oov_id, words.eos_id])],
+  )
+
+
+_STACKOVERFLOW_TAG = _TaskKind(prepare=_prepare_stackoverflow_shards,
+                               bind=_stackoverflow_tag_task)
+_STACKOVERFLOW_NWP = _TaskKind(prepare=_prepare_stackoverflow_shards,
+                               bind=_stackoverflow_nwp_task)
+
+
 _TASKS: dict[str, _TaskKind] = {
     'fashion_mnist': _IMAGE,
     'mnist': _IMAGE,
     'emnist': _IMAGE,
     'shakespeare': _SHAKESPEARE,
+    'stackoverflow_tag': _STACKOVERFLOW_TAG,
+    'stackoverflow_nwp': _STACKOVERFLOW_NWP,
 }
 
 

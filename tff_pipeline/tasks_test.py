@@ -102,5 +102,57 @@ class ShakespeareTaskTest(absltest.TestCase):
       tasks.load(config)
 
 
+
+class StackOverflowTasksTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self._path = os.path.join(testutil.shared_data_dir(), 'stackoverflow-sample',
+                              'posts_questions.tsv')
+    if not os.path.exists(self._path):
+      self.skipTest(f'{self._path} missing')
+    self._tmp = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self._tmp)
+
+  def _task(self, name):
+    config = config_lib.resolve({}, dict(
+        task=name, data_dir=self._path, shard_dir=os.path.join(self._tmp, 's'),
+        output_dir=self._tmp))
+    return tasks.load(config)
+
+  def _first_batch(self, task):
+    path = task.manifest.path(task.manifest.clients[0])
+    return next(iter(task.batched(tf.data.TFRecordDataset(path), 4)))
+
+  def test_tag_task(self):
+    task = self._task('stackoverflow_tag')
+    vocab, tags = task.manifest.source['vocab'], task.manifest.source['tags']
+    x, y = self._first_batch(task)
+    self.assertEqual(x.shape[1], len(vocab))
+    self.assertEqual(y.shape[1], len(tags))
+    np.testing.assert_allclose(tf.reduce_sum(x, axis=1).numpy(),
+                               np.ones(x.shape[0]), rtol=1e-5)
+    self.assertGreater(float(tf.reduce_sum(y)), 0)
+    self.assertEqual(task.model_builder()(x).shape, y.shape)
+    self.assertEqual([m.name for m in task.metrics_builder()],
+                     ['accuracy', 'recall_at_5'])
+
+  def test_nwp_task_shares_the_shards(self):
+    tag = self._task('stackoverflow_tag')
+    nwp = self._task('stackoverflow_nwp')
+    self.assertEqual(tag.manifest.shard_dir, nwp.manifest.shard_dir)
+    x, y = self._first_batch(nwp)
+    self.assertEqual(x.shape[1], 20)
+    np.testing.assert_array_equal(x.numpy()[:, 1:], y.numpy()[:, :-1])
+    self.assertEqual(nwp.model_builder()(x).shape[-1],
+                     len(nwp.manifest.source['vocab']) + 4)
+
+  def test_needs_a_data_dir(self):
+    config = config_lib.resolve({}, dict(task='stackoverflow_nwp',
+                                         output_dir=self._tmp))
+    with self.assertRaisesRegex(UserError, 'needs --data_dir'):
+      tasks.load(config)
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -94,5 +94,26 @@ class ShakespeareTrainingTest(absltest.TestCase):
     self.assertGreater(result.summary['final_eval']['accuracy'], 0.1)
 
 
+
+class StackOverflowTrainingTest(absltest.TestCase):
+
+  def test_both_tasks_train_with_vocabulary_tables_on_the_worker(self):
+    path = os.path.join(testutil.shared_data_dir(), 'stackoverflow-sample',
+                        'posts_questions.tsv')
+    if not os.path.exists(path):
+      self.skipTest(f'{path} missing')
+    runtime.use_local_runtime(5)
+    tmp = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, tmp)
+    for task in ('stackoverflow_tag', 'stackoverflow_nwp'):
+      config = config_lib.resolve({}, dict(
+          task=task, data_dir=path, rounds=2, eval_every=1, progress=False,
+          shard_dir=os.path.join(tmp, 'shards'),
+          output_dir=os.path.join(tmp, task)))
+      result = training_loop.run(config)
+      first, last = result.rows[0]['eval']['loss'], result.rows[-1]['eval']['loss']
+      self.assertLess(last, first, task)  # Held-out loss goes down.
+
+
 if __name__ == '__main__':
   absltest.main()
