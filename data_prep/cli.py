@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import statistics
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -61,27 +61,40 @@ def define_flags(task: str,
         "(or MNIST-named files).", flag_values=flag_values)
 
 
-def make_main(task: str, flag_values: flags.FlagValues = flags.FLAGS
-              ) -> Callable[[list[str]], None]:
-  """Returns an absl main() that prepares `task` shards from the flags."""
+def prepare_main(prepare: Callable[[flags.FlagValues], Any],
+                 summarize: Callable[[Any, float], str],
+                 flag_values: flags.FlagValues = flags.FLAGS
+                 ) -> Callable[[list[str]], None]:
+  """An absl main() shared by the data_prep CLIs.
+
+  Runs `prepare(flag_values)`, then prints `summarize(result, seconds)`.
+  Expected, user-fixable failures print one `error:` line and exit 2,
+  without a traceback.
+  """
 
   def main(argv: list[str]) -> None:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    fv = flag_values
     start = time.monotonic()
     try:
-      manifest = images.prepare(
-          task, fv.data_dir, fv.output_dir, fv.num_clients,
-          fv.partition, fv.partition_alpha, fv.seed,
-          emnist_subset=fv.emnist_subset if task == "emnist" else "auto")
+      result = prepare(flag_values)
     except (errors.DataPrepError, OSError) as e:
-      # Expected, user-fixable failures: one line, no traceback.
-      print(f"error: {e}", file=sys.stderr)
+      print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
       sys.exit(EXIT_DATA_ERROR)
-    print(summary(manifest, time.monotonic() - start))
+    print(summarize(result, time.monotonic() - start))
 
   return main
+
+
+def make_main(task: str, flag_values: flags.FlagValues = flags.FLAGS
+              ) -> Callable[[list[str]], None]:
+  """Returns an absl main() that prepares `task` shards from the flags."""
+  return prepare_main(
+      lambda fv: images.prepare(
+          task, fv.data_dir, fv.output_dir, fv.num_clients, fv.partition,
+          fv.partition_alpha, fv.seed,
+          emnist_subset=fv.emnist_subset if task == "emnist" else "auto"),
+      summary, flag_values)
 
 
 def summary(manifest: shards.Manifest, seconds: float) -> str:

@@ -38,8 +38,6 @@ import dataclasses
 import math
 import os
 import statistics
-import sys
-import time
 
 from absl import app
 from absl import flags
@@ -415,21 +413,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def make_main(flag_values: flags.FlagValues = flags.FLAGS):
   """Returns an absl main() that prepares MovieLens shards from the flags."""
-
-  def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    fv = flag_values
-    start = time.monotonic()
-    try:
-      manifest = prepare(fv.data_dir, fv.output_dir, fv.split,
-                         fv.eval_fraction)
-    except (errors.DataPrepError, OSError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(cli.EXIT_DATA_ERROR)
-    print(summary(manifest, time.monotonic() - start))
-
-  return main
+  return cli.prepare_main(
+      lambda fv: prepare(fv.data_dir, fv.output_dir, fv.split,
+                         fv.eval_fraction),
+      summary, flag_values)
 
 
 def summary(manifest: shards.Manifest, seconds: float) -> str:

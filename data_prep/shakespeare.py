@@ -60,8 +60,6 @@ import glob
 import json
 import re
 import statistics
-import sys
-import time
 from typing import Callable, Iterable, Sequence
 
 from absl import app
@@ -70,6 +68,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from data_prep import cli
 from data_prep import errors
 from data_prep import shards
 
@@ -80,7 +79,6 @@ PLAY_SUFFIX = "_gut.txt"
 FOLIO_SUFFIX = "_gut_f.txt"
 EDITION = ("modern Project Gutenberg edition (*_gut.txt); First Folio "
            "files (*_gut_f.txt) ignored")
-EXIT_DATA_ERROR = 2
 
 # Character vocabulary of tff.simulation.baselines.shakespeare (copied from
 # char_prediction_preprocessing.CHAR_VOCAB in TFF 0.87).
@@ -891,22 +889,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def make_main(flag_values: flags.FlagValues = flags.FLAGS
               ) -> Callable[[list[str]], None]:
   """Returns an absl main() that prepares shards from the flags."""
-
-  def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    fv = flag_values
-    start = time.monotonic()
-    try:
-      manifest, stats = build(fv.data_dir, fv.output_dir, fv.num_clients,
-                              fv.eval_fraction, fv.min_chars, fv.seed)
-    except (errors.DataPrepError, OSError) as e:
-      # Expected, user-fixable failures: one line, no traceback.
-      print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-      sys.exit(EXIT_DATA_ERROR)
-    print(summary(manifest, stats, time.monotonic() - start))
-
-  return main
+  return cli.prepare_main(
+      lambda fv: build(fv.data_dir, fv.output_dir, fv.num_clients,
+                       fv.eval_fraction, fv.min_chars, fv.seed),
+      lambda built, seconds: summary(*built, seconds), flag_values)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from absl.testing import absltest
 import numpy as np
 import tensorflow as tf
 
+from data_prep import cli
 from data_prep import errors
 from data_prep import shakespeare
 from data_prep import shards
@@ -759,7 +760,7 @@ class CliTest(absltest.TestCase):
     ):
       code, out, err = _run_main(f"--output_dir={self.root}/o",
                                  f"--data_dir={data_dir}")
-      self.assertEqual(code, shakespeare.EXIT_DATA_ERROR)
+      self.assertEqual(code, cli.EXIT_DATA_ERROR)
       self.assertEqual(out, "")
       self.assertRegex(err, rf"^error: [^\n]*{pattern}[^\n]*\n$")
 
@@ -776,7 +777,7 @@ class CliTest(absltest.TestCase):
     self.assertEqual(ok.returncode, 0, ok_err)
     self.assertRegex(ok_out, r"^shakespeare \(tinyshakespeare\): 27 "
                      r"clients, 3 held-out clients, 0 dropped")
-    self.assertEqual(bad.returncode, shakespeare.EXIT_DATA_ERROR)
+    self.assertEqual(bad.returncode, cli.EXIT_DATA_ERROR)
     self.assertEqual(bad_out, "")
     self.assertRegex(bad_err, r"^error: shakespeare data path .* does not "
                      r"exist; run ./setup.sh[^\n]*\n$")

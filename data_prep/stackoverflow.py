@@ -80,9 +80,7 @@ import re
 import resource
 import shutil
 import statistics
-import sys
 import tempfile
-import time
 from typing import Iterable, Iterator
 import zlib
 
@@ -863,22 +861,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def make_main(flag_values: flags.FlagValues = flags.FLAGS):
   """Returns an absl main() that prepares Stack Overflow shards."""
-
-  def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    fv = flag_values
-    start = time.monotonic()
-    try:
-      manifest = prepare(fv.input, fv.output_dir, fv.vocab_size,
-                         fv.num_tags, fv.num_clients, fv.eval_fraction,
-                         fv.seed, fv.num_buckets)
-    except (errors.DataPrepError, OSError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(cli.EXIT_DATA_ERROR)
-    print(summary(manifest, time.monotonic() - start))
-
-  return main
+  return cli.prepare_main(
+      lambda fv: prepare(fv.input, fv.output_dir, fv.vocab_size, fv.num_tags,
+                         fv.num_clients, fv.eval_fraction, fv.seed,
+                         fv.num_buckets),
+      summary, flag_values)
 
 
 def summary(manifest: shards.Manifest, seconds: float) -> str:
