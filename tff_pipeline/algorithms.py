@@ -57,6 +57,8 @@ def build_training_process(
   Each client's dataset is built from its key by a dataset computation that
   runs where the client's work runs, so examples never cross the runtime.
   """
+  if task.process_builder is not None:
+    return task.process_builder(config, build_dataset_computation(task, config))
   return tff.simulation.compose_dataset_computation_with_learning_process(
       build_dataset_computation(task, config),
       build_learning_process(task, config))

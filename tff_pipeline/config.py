@@ -32,8 +32,8 @@ SECTIONS = (
 )
 
 TASKS = ('fashion_mnist', 'mnist', 'emnist', 'shakespeare', 'stackoverflow_tag',
-         'stackoverflow_nwp')
-MODELS = ('cnn', '2nn', 'lr', 'char_lstm', 'word_lstm')
+         'stackoverflow_nwp', 'movielens')
+MODELS = ('cnn', '2nn', 'lr', 'char_lstm', 'word_lstm', 'mf')
 PARTITIONS = ('iid', 'dirichlet', 'natural')
 ALGORITHMS = ('fedavg', 'fedprox')
 CLIENT_OPTIMIZERS = ('sgd', 'sgdm', 'adam')
@@ -197,7 +197,8 @@ OPTION_FIELDS: dict[str, dataclasses.Field] = {
 _FEDML_VALUES: dict[str, dict[str, str]] = {
     'task': {'fmnist': 'fashion_mnist', 'fashionmnist': 'fashion_mnist',
              'femnist': 'emnist', 'fed_shakespeare': 'shakespeare',
-             'stackoverflow_lr': 'stackoverflow_tag'},
+             'stackoverflow_lr': 'stackoverflow_tag',
+             'movielens_100k': 'movielens', 'ml-100k': 'movielens'},
     'partition': {'hetero': 'dirichlet', 'homo': 'iid'},
     'algorithm': {'fedopt': 'fedavg'},
 }
@@ -249,6 +250,10 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     'stackoverflow_tag': dict(model='lr', partition='natural', num_clients=0,
                               client_learning_rate=10.0, client_batch_size=16,
                               clients_per_round=5, eval_batch_size=100),
+    # TFF's reconstruction tutorial: local user embeddings, global items.
+    'movielens': dict(model='mf', partition='natural', num_clients=0,
+                      client_learning_rate=0.5, client_batch_size=16,
+                      clients_per_round=50, eval_every=10),
     'stackoverflow_nwp': dict(model='word_lstm', partition='natural',
                               num_clients=0, client_learning_rate=0.3,
                               client_batch_size=16, clients_per_round=5,

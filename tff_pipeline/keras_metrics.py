@@ -31,3 +31,17 @@ class MaskedAccuracy(tf.keras.metrics.Mean):
 
   def get_config(self):
     return dict(super().get_config(), masked_tokens=self._masked_tokens)
+
+
+class RatingAccuracy(tf.keras.metrics.Mean):
+  """Share of predicted ratings that round to the true (integer) rating."""
+
+  def __init__(self, name: str = 'accuracy', dtype=None):
+    super().__init__(name=name, dtype=dtype)
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    y_true = tf.cast(tf.reshape(y_true, [-1]), self.dtype)
+    y_pred = tf.clip_by_value(tf.cast(tf.reshape(y_pred, [-1]), self.dtype),
+                              1.0, 5.0)
+    correct = tf.cast(tf.equal(tf.round(y_pred), y_true), self.dtype)
+    return super().update_state(correct, sample_weight=sample_weight)

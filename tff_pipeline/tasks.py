@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
 from data_prep import images as image_prep
+from data_prep import movielens as movielens_prep
 from data_prep import shakespeare as shakespeare_prep
 from data_prep import stackoverflow as stackoverflow_prep
 from data_prep import shards
@@ -39,6 +40,11 @@ class Task:
   # Sequence tasks: an example (a snippet) yields a variable number of rows,
   # so batches are re-formed after preprocessing.
   rebatch: bool = False
+  # Tasks whose algorithm is not FedAvg/FedProx over one Keras model (e.g.
+  # Federated Reconstruction): (config, dataset computation) -> process.
+  process_builder: Optional[Callable[..., Any]] = None
+  # Replaces the central held-out evaluation of the global Keras model.
+  evaluator_builder: Optional[Callable[[], Any]] = None
 
   @property
   def input_spec(self) -> tuple[tf.TensorSpec, tf.TensorSpec]:
@@ -229,6 +235,40 @@ def _stackoverflow_nwp_task(config: TrainConfig,
   )
 
 
+def _prepare_movielens_shards(config: TrainConfig) -> shards.Manifest:
+  if not config.data_dir:
+    raise UserError('--task=movielens needs --data_dir: a MovieLens 100K '
+                    'folder (u.data, u1.base, u1.test) or 1M (ratings.dat)')
+  if config.partition != 'natural':
+    raise UserError('--task=movielens has natural clients (users); drop '
+                    f'--partition={config.partition}')
+  return movielens_prep.find_or_prepare(
+      config.data_dir, config.shard_dir or default_shard_dir(config))
+
+
+def _movielens_task(config: TrainConfig, manifest: shards.Manifest) -> Task:
+  from tff_pipeline import recommendation  # pylint: disable=g-import-not-at-top
+  if config.model != 'mf':
+    raise UserError(f'--model={config.model} does not fit --task=movielens; '
+                    'use mf')
+  num_items = manifest.source['num_items']
+  return Task(
+      name=config.task,
+      manifest=manifest,
+      model_builder=lambda: recommendation.create_matrix_factorization(
+          num_items, seed=config.seed)[0],
+      preprocess=recommendation.parse_ratings,
+      loss_builder=tf.keras.losses.MeanSquaredError,
+      metrics_builder=lambda: [],
+      process_builder=lambda cfg, datasets: recommendation.build_training_process(
+          manifest, cfg, datasets),
+      evaluator_builder=lambda: recommendation.FedReconEvaluator(manifest, config),
+  )
+
+
+_MOVIELENS = _TaskKind(prepare=_prepare_movielens_shards, bind=_movielens_task)
+
+
 _STACKOVERFLOW_TAG = _TaskKind(prepare=_prepare_stackoverflow_shards,
                                bind=_stackoverflow_tag_task)
 _STACKOVERFLOW_NWP = _TaskKind(prepare=_prepare_stackoverflow_shards,
@@ -242,6 +282,7 @@ _TASKS: dict[str, _TaskKind] = {
     'shakespeare': _SHAKESPEARE,
     'stackoverflow_tag': _STACKOVERFLOW_TAG,
     'stackoverflow_nwp': _STACKOVERFLOW_NWP,
+    'movielens': _MOVIELENS,
 }
 
 

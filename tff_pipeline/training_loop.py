@@ -66,19 +66,21 @@ def _save_config(config: TrainConfig) -> None:
   os.replace(path + '.tmp', path)
 
 
-def _train_metrics(metrics: Any) -> dict[str, float]:
+def _train_metrics(metrics: Any) -> dict[str, Any]:
   train = metrics['client_work']['train']
-  return {
-      'loss': float(train['loss']),
-      'accuracy': float(train['accuracy']),
-      'num_examples': int(train['num_examples']),
-  }
+  row = {name: float(value) for name, value in train.items()
+         if name not in ('num_examples', 'num_batches')}
+  if 'num_examples' in train:  # Fed Recon reports no counts.
+    row['num_examples'] = int(train['num_examples'])
+  return row
 
 
 def initial_state(process: tff.learning.templates.LearningProcess,
                   task: tasks.Task):
   """`initialize()` with the seeded Keras initial weights of the task model."""
   state = process.initialize()
+  if task.process_builder is not None:
+    return state  # Its own seeded initializers; no single Keras model.
   weights = tff.learning.models.ModelWeights.from_model(task.model_builder())
   return process.set_model_weights(state, weights)
 
@@ -118,7 +120,8 @@ def run(config: TrainConfig,
   _save_config(config)
   tf.keras.utils.set_random_seed(config.seed)
   process = algorithms.build_training_process(task, config)
-  evaluator = evaluation.CentralEvaluator(task, config.eval_batch_size)
+  evaluator = (task.evaluator_builder() if task.evaluator_builder else
+               evaluation.CentralEvaluator(task, config.eval_batch_size))
   checkpoints = checkpoint.RoundCheckpoints(
       os.path.join(config.output_dir, CHECKPOINT_DIR), config.keep_checkpoints)
 
