@@ -352,7 +352,6 @@ class TrainCliTest(absltest.TestCase):
                  for name, (flags, _) in cases.items()}
       self._assert_ok(prepared.result())
       # One shard with a flipped byte mid-file, one cut to half its size.
-      damaged = {}
       for name, client, kind in (('corrupt', 'client_0003', 'corrupt'),
                                  ('truncated', 'client_0007', 'truncated')):
         shard_dir = self._path(f'{name}_shards')

@@ -252,7 +252,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
                               clients_per_round=5, eval_batch_size=100),
     # TFF's reconstruction tutorial: local user embeddings, global items.
     'movielens': dict(model='mf', partition='natural', num_clients=0,
-                      client_learning_rate=0.5, client_batch_size=16,
+                      client_learning_rate=0.1, client_batch_size=16,
                       clients_per_round=50, eval_every=10),
     'stackoverflow_nwp': dict(model='word_lstm', partition='natural',
                               num_clients=0, client_learning_rate=0.3,

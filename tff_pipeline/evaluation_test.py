@@ -4,7 +4,6 @@ import tempfile
 
 from absl.testing import absltest
 import numpy as np
-import tensorflow as tf
 import tensorflow_federated as tff
 
 from data_prep import images as image_prep

@@ -1,5 +1,4 @@
 from absl.testing import absltest
-import numpy as np
 import tensorflow as tf
 
 from tff_pipeline import keras_metrics

@@ -25,8 +25,6 @@ from tff_pipeline import optimizers
 from tff_pipeline.config import TrainConfig
 
 EMBEDDING_DIM = 50
-# An eval client's dataset holds reconstruction ratings as +r and the ratings
-# to score as -r (ratings are 1..5), so one dataset carries both parts.
 _PARSE_BATCH = 256
 
 
@@ -41,7 +39,7 @@ class UserEmbedding(tf.keras.layers.Layer):
   def build(self, input_shape):
     self.embedding = self.add_weight(
         shape=(1, self._dim), name='user_embedding',
-        initializer=tf.keras.initializers.RandomNormal(stddev=0.01,
+        initializer=tf.keras.initializers.RandomNormal(stddev=0.1,
                                                        seed=self._seed))
 
   def call(self, inputs):
@@ -50,22 +48,33 @@ class UserEmbedding(tf.keras.layers.Layer):
 
 def create_matrix_factorization(num_items: int, dim: int = EMBEDDING_DIM,
                                 seed: int = 0) -> tuple[tf.keras.Model, list, list]:
-  """(model, global layers, local layers); input item ids [batch, 1]."""
+  """(model, global layers, local layers); input item ids [batch, 1].
+
+  rating = scale * (item . user + user bias) + item bias + offset. The user
+  vector and bias are the local part; item vectors, item biases, scale and
+  offset are global.
+  """
   item_input = tf.keras.layers.Input(shape=[1], dtype=tf.int64)
   item_embedding = tf.keras.layers.Embedding(
       num_items, dim, embeddings_initializer=tf.keras.initializers.RandomNormal(
-          stddev=0.01, seed=seed + 1), name='item_embedding')
-  user_embedding = UserEmbedding(dim, seed=seed + 2, name='user_embedding')
+          stddev=0.1, seed=seed + 1), name='item_embedding')
+  item_bias = tf.keras.layers.Embedding(num_items, 1, embeddings_initializer='zeros',
+                                        name='item_bias')
+  # The extra coordinate meets a constant 1 on the item side: a user bias.
+  user_embedding = UserEmbedding(dim + 1, seed=seed + 2, name='user_embedding')
   items = tf.keras.layers.Flatten()(item_embedding(item_input))
+  items = tf.keras.layers.Concatenate()([items, tf.ones_like(items[:, :1])])
   users = user_embedding(item_input)
-  # A global offset so predictions start near the mean rating.
-  bias = tf.keras.layers.Dense(1, kernel_initializer='zeros',
-                               bias_initializer=tf.keras.initializers.Constant(3.5),
-                               name='global_bias')
   dot = tf.keras.layers.Dot(axes=1)([items, users])
-  prediction = bias(dot)
-  model = tf.keras.Model(inputs=item_input, outputs=prediction)
-  return model, [item_embedding, bias], [user_embedding]
+  score = tf.keras.layers.Add()(
+      [dot, tf.keras.layers.Flatten()(item_bias(item_input))])
+  # scale * score + offset; the offset starts near the mean rating. (A zero
+  # scale would block every gradient to the embeddings.)
+  output = tf.keras.layers.Dense(
+      1, kernel_initializer='ones',
+      bias_initializer=tf.keras.initializers.Constant(3.5), name='output')
+  model = tf.keras.Model(inputs=item_input, outputs=output(score))
+  return model, [item_embedding, item_bias, output], [user_embedding]
 
 
 def parse_ratings(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
@@ -120,6 +129,8 @@ def build_training_process(manifest: shards.Manifest, config: TrainConfig,
 
 def _split_for_eval(dataset: tf.data.Dataset) -> tuple[tf.data.Dataset,
                                                        tf.data.Dataset]:
+  # An eval client's dataset holds its reconstruction ratings as +r and the
+  # ratings to score as -r (ratings are 1..5): one dataset carries both parts.
   rows = dataset.unbatch()
   recon = rows.filter(lambda x, y: y[0] > 0).batch(_PARSE_BATCH)
   scored = rows.filter(lambda x, y: y[0] < 0).map(

@@ -44,7 +44,8 @@ class MovieLensFedReconTest(absltest.TestCase):
     process = algorithms.build_training_process(task, config)
     weights = process.get_model_weights(process.initialize())
     shapes = sorted(np.shape(w) for w in weights.trainable)
-    self.assertEqual(shapes, [(1,), (1, 1), (1682, recommendation.EMBEDDING_DIM)])
+    self.assertEqual(shapes, [(1,), (1, 1), (1682, 1),
+                              (1682, recommendation.EMBEDDING_DIM)])
 
   def test_trains_and_evaluates_held_out_users(self):
     result = training_loop.run(self._config('train'))
