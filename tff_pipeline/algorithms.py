@@ -33,12 +33,8 @@ def build_learning_process(
     task: Task, config: TrainConfig) -> tff.learning.templates.LearningProcess:
   """Weighted FedAvg/FedOpt, or FedProx, over client datasets."""
   model_fn = model_fn_for(task)
-  client_optimizer = optimizers.build(config.client_optimizer,
-                                      config.client_learning_rate,
-                                      config.client_momentum)
-  server_optimizer = optimizers.build(config.server_optimizer,
-                                      config.server_learning_rate,
-                                      config.server_momentum)
+  client_optimizer = optimizers.client_optimizer(config)
+  server_optimizer = optimizers.server_optimizer(config)
   if config.algorithm == 'fedprox':
     # Not tff.learning.algorithms.build_weighted_fed_prox: see fedprox.py.
     client_optimizer = fedprox.ProximalOptimizer(client_optimizer,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow_federated as tff
 
+from tff_pipeline.config import TrainConfig
 from tff_pipeline.errors import UserError
 
 
@@ -32,3 +33,13 @@ def build(name: str, learning_rate: float,
     return tff.learning.optimizers.build_adagrad(learning_rate=learning_rate)
   raise UserError(f'unknown optimizer {name!r}; choose one of sgd, sgdm, adam, '
                   'yogi, adagrad')
+
+
+def client_optimizer(config: TrainConfig) -> tff.learning.optimizers.Optimizer:
+  return build(config.client_optimizer, config.client_learning_rate,
+               config.client_momentum)
+
+
+def server_optimizer(config: TrainConfig) -> tff.learning.optimizers.Optimizer:
+  return build(config.server_optimizer, config.server_learning_rate,
+               config.server_momentum)

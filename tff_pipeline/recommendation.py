@@ -10,8 +10,6 @@ their training ratings and scores their held-out ratings
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any, Callable
 
 import numpy as np
@@ -50,7 +48,7 @@ def create_matrix_factorization(num_items: int, dim: int = EMBEDDING_DIM,
                                 seed: int = 0) -> tuple[tf.keras.Model, list, list]:
   """(model, global layers, local layers); input item ids [batch, 1].
 
-  rating = scale * (item . user + user bias) + item bias + offset. The user
+  rating = scale * (item . user + user bias + item bias) + offset. The user
   vector and bias are the local part; item vectors, item biases, scale and
   offset are global.
   """
@@ -114,12 +112,8 @@ def build_training_process(manifest: shards.Manifest, config: TrainConfig,
       model_fn_for(manifest.source['num_items'], config.seed),
       loss_fn=_loss,
       metrics_fn=_metrics,
-      server_optimizer_fn=optimizers.build(config.server_optimizer,
-                                           config.server_learning_rate,
-                                           config.server_momentum),
-      client_optimizer_fn=optimizers.build(config.client_optimizer,
-                                           config.client_learning_rate,
-                                           config.client_momentum),
+      client_optimizer_fn=optimizers.client_optimizer(config),
+      server_optimizer_fn=optimizers.server_optimizer(config),
       reconstruction_optimizer_fn=optimizers.build(
           'sgd', config.client_learning_rate),
   )
@@ -156,8 +150,8 @@ class FedReconEvaluator:
         return (tf.data.TFRecordDataset(path).batch(_PARSE_BATCH).map(parse)
                 .map(parse_ratings))
       recon = read(shards.shard_path(shard_dir, client_id))
-      scored = read(tf.strings.join([by_user_dir, '/', client_id,
-                                     '.tfrecord'])).map(lambda x, y: (x, -y))
+      scored = read(shards.shard_path(by_user_dir, client_id)).map(
+          lambda x, y: (x, -y))
       return recon.concatenate(scored)
 
     evaluation = tff.learning.algorithms.build_fed_recon_eval(
@@ -168,7 +162,7 @@ class FedReconEvaluator:
         dataset_split_fn=_split_for_eval)
     self._process = tff.simulation.compose_dataset_computation_with_learning_process(
         eval_dataset, evaluation)
-    self._keys = sorted(f[:-len('.tfrecord')] for f in os.listdir(by_user_dir))
+    self._keys = shards.load_manifest(by_user_dir).client_ids()
 
   def evaluate(self, weights: tff.learning.models.ModelWeights) -> dict[str, float]:
     state = self._process.set_model_weights(self._process.initialize(), weights)
@@ -179,34 +173,29 @@ class FedReconEvaluator:
 
 
 def _eval_shards_by_user(manifest: shards.Manifest) -> str:
-  """The held-out ratings split into one file per user, built once.
+  """The held-out ratings as one shard per user, built once.
 
   Scanning the whole eval shard for every user made one evaluation of 943
-  users take minutes; a file per user makes it a plain read. The folder sits
-  beside the shard dir and is keyed by the eval shard's sha256.
+  users take minutes; a shard per user makes it a plain read. The shard dir
+  sits beside the training shards, keyed by the eval shard's sha256.
   """
   target = f'{manifest.shard_dir}-eval-by-user-{manifest.eval.sha256[:12]}'
-  if os.path.isdir(target):
+  existing = shards.load_if_matching(
+      target, lambda m: m.source.get('eval_sha256') == manifest.eval.sha256)
+  if existing is not None:
     return target
   columns = shards.read_numpy(manifest, manifest.eval)
-  user_ids = np.array(manifest.source['user_ids'])
-  client_ids = movielens_prep.user_client_ids(user_ids)
-  staging = tempfile.mkdtemp(dir=os.path.dirname(target) or '.')
+  client_ids = movielens_prep.user_client_ids(
+      np.array(manifest.source['user_ids']))
   order = np.argsort(columns['user'], kind='stable')
   users = columns['user'][order]
   starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-  for start, end in zip(starts, np.r_[starts[1:], len(users)]):
-    rows = order[start:end]
-    path = os.path.join(staging, f'{client_ids[int(users[start])]}.tfrecord')
-    with tf.io.TFRecordWriter(path) as writer:
-      for i in rows:
-        writer.write(tf.train.Example(features=tf.train.Features(feature={
-            'item': tf.train.Feature(int64_list=tf.train.Int64List(
-                value=[int(columns['item'][i])])),
-            'rating': tf.train.Feature(float_list=tf.train.FloatList(
-                value=[float(columns['rating'][i])])),
-            'user': tf.train.Feature(int64_list=tf.train.Int64List(
-                value=[int(columns['user'][i])])),
-        })).SerializeToString())
-  os.rename(staging, target)
+  per_user = (
+      (client_ids[int(users[start])],
+       {name: values[order[start:end]] for name, values in columns.items()})
+      for start, end in zip(starts, np.r_[starts[1:], len(users)]))
+  shards.write_shards(
+      target, manifest.task, manifest.features, per_user, eval_examples=None,
+      num_classes=None, partition=dict(manifest.partition),
+      source={'eval_sha256': manifest.eval.sha256}, label_key=None)
   return target

@@ -56,7 +56,8 @@ class MovieLensFedReconTest(absltest.TestCase):
     by_user = [d for d in os.listdir(self._tmp) if 'eval-by-user' in d]
     self.assertLen(by_user, 1)
     # u1.test covers 459 users, each with training ratings in u1.base.
-    self.assertLen(os.listdir(os.path.join(self._tmp, by_user[0])), 459)
+    self.assertLen(os.listdir(os.path.join(self._tmp, by_user[0], 'clients')),
+                   459)
 
 
 if __name__ == '__main__':
