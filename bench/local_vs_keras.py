@@ -79,7 +79,8 @@ def _run_keras() -> dict:
 
 
 def _side_in_child(side: str) -> dict:
-  out = tempfile.mktemp(suffix='.json')
+  fd, out = tempfile.mkstemp(suffix='.json')
+  os.close(fd)
   args = [sys.executable, '-m', 'bench.local_vs_keras', f'--side={side}',
           f'--json_out={out}', f'--rounds={_ROUNDS.value}',
           f'--num_clients={_NUM_CLIENTS.value}', f'--model={_MODEL.value}',

@@ -300,13 +300,7 @@ def read_questions(lines: Iterable[str], name: str, fmt: str = "auto",
       fields, bad quoting, or an owner id that is not a plain id.
   """
   stats = stats if stats is not None else ReadStats()
-  lines = iter(lines)
-  if fmt == "auto":
-    first = next(lines, "")
-    if not first:
-      raise errors.DataFormatError(f"{name} is empty; {_EXPORT_HINT}")
-    fmt = _sniff(first, name)
-    lines = itertools.chain([first], lines)
+  lines, fmt = _resolve_format(lines, fmt, name)
   if fmt not in FORMATS:
     raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
   reader = csv.reader(lines, delimiter="\t" if fmt == "tsv" else ",",
@@ -526,6 +520,18 @@ class _Spill:
   fmt: str
 
 
+def _resolve_format(lines: Iterable[str], fmt: str, name: str
+                    ) -> tuple[Iterator[str], str]:
+  """(lines, fmt) with fmt="auto" decided from the header line."""
+  lines = iter(lines)
+  if fmt != "auto":
+    return lines, fmt
+  first = next(lines, "")
+  if not first:
+    raise errors.DataFormatError(f"{name} is empty; {_EXPORT_HINT}")
+  return itertools.chain([first], lines), _sniff(first, name)
+
+
 def _spill(lines: Iterable[str], name: str, fmt: str, spill_dir: str,
            num_buckets: int, vocab_size: int, num_tags: int,
            eval_fraction: float, seed: int) -> _Spill:
@@ -533,13 +539,7 @@ def _spill(lines: Iterable[str], name: str, fmt: str, spill_dir: str,
 
   Bucket lines are b"<e|t>\t<owner>\t<tags>\t<tokens>\n" (e: held out).
   """
-  lines = iter(lines)
-  if fmt == "auto":
-    first = next(lines, "")
-    if not first:
-      raise errors.DataFormatError(f"{name} is empty; {_EXPORT_HINT}")
-    fmt = _sniff(first, name)
-    lines = itertools.chain([first], lines)
+  lines, fmt = _resolve_format(lines, fmt, name)
   stats = ReadStats()
   words = HeavyHitters(HEAVY_HITTERS_FACTOR * vocab_size)
   tags = HeavyHitters(HEAVY_HITTERS_FACTOR * num_tags)

@@ -129,10 +129,25 @@ class _TaskKind:
 _IMAGE = _TaskKind(prepare=_prepare_image_shards, bind=_image_task)
 
 
-def _prepare_shakespeare_shards(config: TrainConfig) -> shards.Manifest:
+def _require_natural_clients(config: TrainConfig, owners: str) -> None:
   if config.partition != 'natural':
-    raise UserError(f'--task=shakespeare has natural clients (speaking roles); '
+    raise UserError(f'--task={config.task} has natural clients ({owners}); '
                     f'drop --partition={config.partition} or use natural')
+
+
+def _require_data_dir(config: TrainConfig, what: str) -> None:
+  if not config.data_dir:
+    raise UserError(f'--task={config.task} needs --data_dir: {what}')
+
+
+def _require_model(config: TrainConfig, model: str) -> None:
+  if config.model != model:
+    raise UserError(f'--model={config.model} does not fit --task={config.task}; '
+                    f'use {model}')
+
+
+def _prepare_shakespeare_shards(config: TrainConfig) -> shards.Manifest:
+  _require_natural_clients(config, 'speaking roles')
   return shakespeare_prep.find_or_prepare(
       data_dir=config.data_dir or None,
       shard_dir=config.shard_dir or default_shard_dir(config),
@@ -146,9 +161,7 @@ def _shakespeare_preprocess(batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def _shakespeare_task(config: TrainConfig, manifest: shards.Manifest) -> Task:
-  if config.model != 'char_lstm':
-    raise UserError(f'--model={config.model} does not fit --task=shakespeare; '
-                    'use char_lstm')
+  _require_model(config, 'char_lstm')
   vocab_size = shakespeare_prep.VOCAB_SIZE
   return Task(
       name=config.task,
@@ -170,12 +183,9 @@ _SHAKESPEARE = _TaskKind(prepare=_prepare_shakespeare_shards,
 
 
 def _prepare_stackoverflow_shards(config: TrainConfig) -> shards.Manifest:
-  if not config.data_dir:
-    raise UserError(f'--task={config.task} needs --data_dir: a BigQuery export '
-                    'of posts_questions (.tsv or .csv)')
-  if config.partition != 'natural':
-    raise UserError(f'--task={config.task} has natural clients (question '
-                    f'owners); drop --partition={config.partition}')
+  _require_data_dir(config, 'a BigQuery export of posts_questions (.tsv or '
+                    '.csv)')
+  _require_natural_clients(config, 'question owners')
   return stackoverflow_prep.find_or_prepare(
       input_path=config.data_dir,
       shard_dir=config.shard_dir or default_shard_dir(config),
@@ -186,9 +196,7 @@ def _prepare_stackoverflow_shards(config: TrainConfig) -> shards.Manifest:
 
 def _stackoverflow_tag_task(config: TrainConfig,
                             manifest: shards.Manifest) -> Task:
-  if config.model != 'lr':
-    raise UserError(f'--model={config.model} does not fit '
-                    '--task=stackoverflow_tag; use lr')
+  _require_model(config, 'lr')
   vocab, tags = manifest.source['vocab'], manifest.source['tags']
 
   def preprocess(batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
@@ -212,9 +220,7 @@ def _stackoverflow_tag_task(config: TrainConfig,
 
 def _stackoverflow_nwp_task(config: TrainConfig,
                             manifest: shards.Manifest) -> Task:
-  if config.model != 'word_lstm':
-    raise UserError(f'--model={config.model} does not fit '
-                    '--task=stackoverflow_nwp; use word_lstm')
+  _require_model(config, 'word_lstm')
   words = text_features.WordIds(manifest.source['vocab'])
 
   def preprocess(batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
@@ -236,21 +242,16 @@ def _stackoverflow_nwp_task(config: TrainConfig,
 
 
 def _prepare_movielens_shards(config: TrainConfig) -> shards.Manifest:
-  if not config.data_dir:
-    raise UserError('--task=movielens needs --data_dir: a MovieLens 100K '
-                    'folder (u.data, u1.base, u1.test) or 1M (ratings.dat)')
-  if config.partition != 'natural':
-    raise UserError('--task=movielens has natural clients (users); drop '
-                    f'--partition={config.partition}')
+  _require_data_dir(config, 'a MovieLens 100K folder (u.data, u1.base, '
+                    'u1.test) or 1M (ratings.dat)')
+  _require_natural_clients(config, 'users')
   return movielens_prep.find_or_prepare(
       config.data_dir, config.shard_dir or default_shard_dir(config))
 
 
 def _movielens_task(config: TrainConfig, manifest: shards.Manifest) -> Task:
   from tff_pipeline import recommendation  # pylint: disable=g-import-not-at-top
-  if config.model != 'mf':
-    raise UserError(f'--model={config.model} does not fit --task=movielens; '
-                    'use mf')
+  _require_model(config, 'mf')
   num_items = manifest.source['num_items']
   return Task(
       name=config.task,

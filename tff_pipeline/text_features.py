@@ -1,5 +1,7 @@
 """Pure-TF text featurization for the Stack Overflow tasks.
 
+Texts are the space-joined normalized tokens data_prep.stackoverflow writes.
+
 Runs inside the dataset computation on the executor, so vocabularies are
 static lookup tables built in the graph.
 """
@@ -14,6 +16,24 @@ SEQUENCE_LENGTH = 20  # TFF's Stack Overflow next-word baseline.
 PAD_ID = 0
 
 
+def _index_table(keys: Sequence[str], first_id: int,
+                 default_id: int) -> tf.lookup.StaticHashTable:
+  """keys[i] -> first_id + i; anything else -> default_id."""
+  return tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(
+          tf.constant(list(keys), tf.string),
+          tf.range(first_id, first_id + len(keys), dtype=tf.int64)),
+      default_value=default_id)
+
+
+def _known_ids(texts: tf.Tensor, keys: Sequence[str],
+               sep: str) -> tf.RaggedTensor:
+  """Split texts -> 0-based ids of known keys (unknown ones dropped)."""
+  ids = tf.ragged.map_flat_values(_index_table(keys, 0, -1).lookup,
+                                  tf.strings.split(texts, sep=sep))
+  return tf.ragged.boolean_mask(ids, ids >= 0)
+
+
 class WordIds:
   """Word ids: 0 pad, 1..V the vocabulary, then OOV, BOS, EOS."""
 
@@ -25,26 +45,12 @@ class WordIds:
     self.size = len(self.vocab) + 4
 
   def table(self) -> tf.lookup.StaticHashTable:
-    return tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(
-            tf.constant(self.vocab, tf.string),
-            tf.range(1, len(self.vocab) + 1, dtype=tf.int64)),
-        default_value=self.oov_id)
-
-
-def split_tokens(texts: tf.Tensor) -> tf.RaggedTensor:
-  """Space-joined normalized tokens (as data_prep writes them) -> ragged."""
-  return tf.strings.split(texts, sep=' ')
+    return _index_table(self.vocab, 1, self.oov_id)
 
 
 def bag_of_words(texts: tf.Tensor, vocab: Sequence[str]) -> tf.Tensor:
   """[batch] texts -> [batch, len(vocab)] in-vocabulary word frequencies."""
-  table = tf.lookup.StaticHashTable(
-      tf.lookup.KeyValueTensorInitializer(
-          tf.constant(list(vocab), tf.string),
-          tf.range(len(vocab), dtype=tf.int64)), default_value=-1)
-  ids = tf.ragged.map_flat_values(table.lookup, split_tokens(texts))
-  ids = tf.ragged.boolean_mask(ids, ids >= 0)
+  ids = _known_ids(texts, vocab, sep=' ')
   counts = tf.math.bincount(tf.cast(ids, tf.int32), minlength=len(vocab),
                             maxlength=len(vocab), dtype=tf.float32, axis=-1)
   total = tf.reduce_sum(counts, axis=1, keepdims=True)
@@ -53,13 +59,7 @@ def bag_of_words(texts: tf.Tensor, vocab: Sequence[str]) -> tf.Tensor:
 
 def multi_hot_tags(tags: tf.Tensor, tag_vocab: Sequence[str]) -> tf.Tensor:
   """[batch] '|'-joined tags -> [batch, len(tag_vocab)] 0/1 (unknown dropped)."""
-  table = tf.lookup.StaticHashTable(
-      tf.lookup.KeyValueTensorInitializer(
-          tf.constant(list(tag_vocab), tf.string),
-          tf.range(len(tag_vocab), dtype=tf.int64)), default_value=-1)
-  ids = tf.ragged.map_flat_values(table.lookup,
-                                  tf.strings.split(tags, sep='|'))
-  ids = tf.ragged.boolean_mask(ids, ids >= 0)
+  ids = _known_ids(tags, tag_vocab, sep='|')
   return tf.math.bincount(tf.cast(ids, tf.int32), minlength=len(tag_vocab),
                           maxlength=len(tag_vocab), dtype=tf.float32, axis=-1,
                           binary_output=True)
@@ -69,7 +69,8 @@ def word_sequences(texts: tf.Tensor, words: WordIds,
                    length: int = SEQUENCE_LENGTH) -> tuple[tf.Tensor, tf.Tensor]:
   """[batch] texts -> (x, y) int64 [batch, length]: BOS + ids (+ EOS), cut
   to length + 1 and padded; y is x shifted by one word."""
-  ids = tf.ragged.map_flat_values(words.table().lookup, split_tokens(texts))
+  ids = tf.ragged.map_flat_values(words.table().lookup,
+                                  tf.strings.split(texts, sep=' '))
   batch = tf.shape(texts, out_type=tf.int64)[0]
   bos = tf.fill([batch, 1], tf.constant(words.bos_id, tf.int64))
   eos = tf.fill([batch, 1], tf.constant(words.eos_id, tf.int64))
