@@ -23,3 +23,15 @@ def pid_peak_mb(pid: Optional[int]) -> float:
   except OSError:
     pass
   return 0.0
+
+
+def pid_current_mb(pid: int) -> float:
+  """VmRSS (current RSS) of a live process, 0 if unknown."""
+  try:
+    with open(f'/proc/{pid}/status', encoding='ascii') as f:
+      for line in f:
+        if line.startswith('VmRSS:'):
+          return int(line.split()[1]) / 1024.0
+  except OSError:
+    pass
+  return 0.0

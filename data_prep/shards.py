@@ -256,6 +256,31 @@ def load_manifest(shard_dir: str) -> Manifest:
         f"{errors.rebuild_hint(shard_dir, task)}") from e
 
 
+def manifest_to_json(manifest: Manifest) -> str:
+  """The manifest.json text of `manifest`."""
+  return _manifest_json(manifest)
+
+
+def manifest_from_json(raw: Any, shard_dir: str, where: str) -> Manifest:
+  """Builds a Manifest from parsed manifest.json content sent by `where`.
+
+  Raises:
+    ShardError: naming `where`, when the content is malformed.
+  """
+  try:
+    return _manifest_from_json(raw, shard_dir)
+  except (KeyError, TypeError, ValueError) as e:
+    raise errors.ShardError(f"manifest from {where} is malformed ({e}); "
+                            "rebuild that shard directory") from e
+
+
+def write_manifest(manifest: Manifest) -> None:
+  """Writes manifest.json into manifest.shard_dir (atomically)."""
+  path = os.path.join(manifest.shard_dir, MANIFEST_FILE)
+  _write_text(path + ".tmp", _manifest_json(manifest))
+  os.replace(path + ".tmp", path)
+
+
 def load_if_matching(shard_dir: str,
                      matches: Callable[[Manifest], bool]) -> Manifest | None:
   """The manifest of an earlier build that `matches` this request, else None.

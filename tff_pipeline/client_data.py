@@ -18,11 +18,18 @@ import tensorflow_federated as tff
 from data_prep import shards
 
 _KEY_SEPARATOR = '#'
+# Also matched by workers.executor_client to classify the failure.
+NOT_HELD_MARKER = 'is not held by this edge pod'
 
 
 def client_key(client_id: str, shuffle_seed: int) -> str:
   """The string a dataset computation turns into one client's dataset."""
   return f'{client_id}{_KEY_SEPARATOR}{shuffle_seed}'
+
+
+def client_id_of(key: str) -> str:
+  """The client id inside a client key."""
+  return key.split(_KEY_SEPARATOR, 1)[0]
 
 
 def shuffle_seed(seed: int, round_num: int, client_id: str) -> int:
@@ -44,7 +51,16 @@ def client_dataset(
   parts = tf.strings.split(key, sep=_KEY_SEPARATOR)
   client_id = parts[0]
   seed = tf.strings.to_number(parts[1], out_type=tf.int64)
-  dataset = tf.data.TFRecordDataset(shards.shard_path(shard_dir, client_id))
+  path = shards.shard_path(shard_dir, client_id)
+  # On an edge pod a missing shard means the client was routed to the wrong
+  # pod: say so, not just "No such file" deep inside TF.
+  held = tf.debugging.Assert(
+      tf.size(tf.io.matching_files(path)) > 0,
+      [f'client data {NOT_HELD_MARKER} (no such file under its data dir):',
+       path])
+  with tf.control_dependencies([held]):
+    path = tf.identity(path)
+  dataset = tf.data.TFRecordDataset(path)
   dataset = dataset.shuffle(shuffle_buffer, seed=seed,
                             reshuffle_each_iteration=True)
   return batch_fn(dataset.repeat(epochs), batch_size)

@@ -38,7 +38,7 @@ PARTITIONS = ('iid', 'dirichlet', 'natural')
 ALGORITHMS = ('fedavg', 'fedprox')
 CLIENT_OPTIMIZERS = ('sgd', 'sgdm', 'adam')
 SERVER_OPTIMIZERS = ('sgd', 'sgdm', 'adam', 'yogi', 'adagrad')
-EXECUTORS = ('local',)
+EXECUTORS = ('local', 'remote')
 
 
 def _opt(
@@ -172,7 +172,23 @@ class TrainConfig:
   # device_args
   executor: str = _opt('local', 'device_args',
                        'Where client work runs: local (the TFF C++ runtime in '
-                       'this process tree).', choices=EXECUTORS)
+                       'this process tree) or remote (the edge pods of '
+                       '--topology, through their edge servers).',
+                       choices=EXECUTORS)
+  topology: str = _opt(
+      '', 'device_args',
+      'With --executor=remote: the topology YAML (edge servers, their pods, '
+      'eval_data); `python -m workers.local_cluster` writes one.',
+      fedml=('comm_args.grpc_ipconfig_path',))
+  round_timeout: float = _opt(
+      0.0, 'device_args',
+      'With --executor=remote: seconds a pod may take for its part of a '
+      'round before it is dropped from the round (0: no limit).',
+      check=_at_least(0.0))
+  round_retries: int = _opt(
+      3, 'device_args',
+      'With --executor=remote: how often a round in which no pod succeeded '
+      'is retried (after 5 s) before the run stops.', check=_at_least(0))
   # tracking_args
   output_dir: str = _opt(
       '', 'tracking_args',
@@ -224,7 +240,6 @@ _IGNORED_FEDML_KEYS: dict[str, str] = {
     'comm_args.is_mobile': 'nothing',
     'comm_args.mqtt_config_path': 'TFF gRPC executors (--executor)',
     'comm_args.s3_config_path': 'TFF gRPC executors (--executor)',
-    'comm_args.grpc_ipconfig_path': 'the topology file',
     'comm_args.trpc_master_config_path': 'the topology file',
     'tracking_args.log_file_dir': '--output_dir',
     'tracking_args.enable_tracking': 'metrics.jsonl and TensorBoard',
@@ -458,6 +473,10 @@ def validate(config: TrainConfig) -> None:
   if config.num_clients == 0 and config.partition != 'natural':
     raise UserError('--num_clients=0 (all owners) needs --partition=natural; '
                     'give a number of clients')
+  if config.executor == 'remote' and not config.topology:
+    raise UserError('--executor=remote needs --topology=<file>; start a '
+                    'cluster with `python -m workers.local_cluster '
+                    '--topology_out=topology.yaml` or write one')
   if config.num_clients and config.clients_per_round > config.num_clients:
     raise UserError(
         f'--clients_per_round={config.clients_per_round} is greater than '

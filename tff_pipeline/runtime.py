@@ -50,9 +50,21 @@ def local_worker_settings(clients_per_round: int) -> dict[str, int]:
           'inter_op_threads': 2}
 
 
+_local_worker: WorkerProcess | None = None
+
+
 def use_local_runtime(clients_per_round: int = 1) -> WorkerProcess:
   """Starts a local C++ worker (dies with us) and makes it the default context."""
+  global _local_worker
   worker = WorkerProcess(**local_worker_settings(clients_per_round)).start()
   atexit.register(worker.stop)
   tff.framework.set_default_context(context_for_worker(worker))
+  _local_worker = worker
   return worker
+
+
+def local_worker() -> WorkerProcess:
+  """The worker behind the default context (started on first use)."""
+  if _local_worker is None or not _local_worker.alive():
+    return use_local_runtime()
+  return _local_worker

@@ -15,7 +15,7 @@ def sample_clients(client_ids: Sequence[str], clients_per_round: int,
   same clients as an uninterrupted one.
 
   Args:
-    client_ids: All client ids.
+    client_ids: All client ids, in any order.
     clients_per_round: How many to draw.
     seed: The run's seed.
     round_num: The 1-based round.
@@ -26,6 +26,9 @@ def sample_clients(client_ids: Sequence[str], clients_per_round: int,
   if not 0 < clients_per_round <= len(client_ids):
     raise ValueError(f'cannot sample {clients_per_round} of '
                      f'{len(client_ids)} clients')
+  # Sorted first: the draw must not depend on where the list came from (one
+  # local manifest, or the union of the edge pods' manifests).
+  ordered = sorted(client_ids)
   rng = np.random.default_rng([seed, round_num])
-  picks = rng.choice(len(client_ids), size=clients_per_round, replace=False)
-  return [client_ids[i] for i in picks]
+  picks = rng.choice(len(ordered), size=clients_per_round, replace=False)
+  return [ordered[i] for i in picks]

@@ -84,7 +84,9 @@ def main(argv: list[str]) -> int:
           f'{config.num_clients or "all"} clients ({config.partition}), '
           f'{config.clients_per_round}/round, {config.rounds} rounds -> '
           f'{config.output_dir}', file=sys.stderr)
-    runtime.use_local_runtime(config.clients_per_round)
+    # Remote: the local executor only merges and finishes rounds.
+    runtime.use_local_runtime(
+        config.clients_per_round if config.executor == 'local' else 1)
     result = training_loop.run(config)
   except (UserError, DataPrepError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -17,20 +17,26 @@ from tff_pipeline import algorithms
 from tff_pipeline import checkpoint
 from tff_pipeline import client_data
 from tff_pipeline import config as config_lib
+from tff_pipeline import distributed
 from tff_pipeline import evaluation
 from tff_pipeline import metrics_io
 from tff_pipeline import progress as progress_lib
+from tff_pipeline import runtime
 from tff_pipeline import sampling
 from tff_pipeline import tasks
 from tff_pipeline.config import TrainConfig
 from tff_pipeline.errors import UserError
+from workers import executor_client
+from workers import topology as topology_lib
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
 # Flags that may change between a run and its resumption.
 _RESUMABLE_CHANGES = frozenset(
     {'resume', 'progress', 'rounds', 'eval_every', 'eval_batch_size',
-     'keep_checkpoints', 'output_dir'})
+     'keep_checkpoints', 'output_dir',
+     # Where rounds run does not change their result.
+     'executor', 'topology', 'round_timeout', 'round_retries'})
 
 
 def _check_output_dir(config: TrainConfig) -> None:
@@ -86,6 +92,42 @@ def initial_state(process: tff.learning.templates.LearningProcess,
 
 
 @dataclasses.dataclass
+class _RemoteSetup:
+  """The cluster a remote run trains on, and its held-out data."""
+  cluster: distributed.Cluster
+  view: distributed.ClusterView
+  task: tasks.Task  # Bound to all pods' clients; shard paths pod-relative.
+  eval_task: tasks.Task  # Bound to the coordinator's eval_data.
+
+  @classmethod
+  def connect(cls, config: TrainConfig) -> '_RemoteSetup':
+    topology = topology_lib.load(config.topology)
+    if not topology.eval_data:
+      raise UserError(f'--topology={config.topology} has no eval_data: the '
+                      'coordinator needs a held-out shard dir to evaluate on')
+    eval_manifest = shards.load_manifest(topology.eval_data)
+    shards.verify_shards(eval_manifest)
+    cluster = distributed.Cluster(topology)
+    view = cluster.describe()
+    if view.manifest.task != config.task:
+      raise UserError(f'the pods hold {view.manifest.task!r} data, not '
+                      f'--task={config.task}')
+    return cls(cluster, view, tasks.from_manifest(config, view.manifest),
+               tasks.from_manifest(config, eval_manifest))
+
+  def round_runner(self, process, config: TrainConfig):
+    """(state, keys, sampled ids) -> (process output, RoundReport)."""
+    merger = executor_client.ExecutorClient(runtime.local_worker().target)
+    distributed_next = distributed.DistributedRound(
+        self.cluster, self.view, process.next, merger,
+        round_timeout=config.round_timeout, retries=config.round_retries)
+    return lambda state, keys, sampled: distributed_next((state, keys), sampled)
+
+  def close(self) -> None:
+    self.cluster.close()
+
+
+@dataclasses.dataclass
 class RunResult:
   state: Any
   rows: list[dict[str, Any]]
@@ -106,9 +148,14 @@ def run(config: TrainConfig,
   """
   wall_start = time.monotonic()
   _check_output_dir(config)
-  task = tasks.load(config)
-  # Fail fast, naming the file, rather than deep inside a TFF round.
-  shards.verify_shards(task.manifest)
+  remote = None
+  if config.executor == 'remote':
+    remote = _RemoteSetup.connect(config)
+    task, eval_task = remote.task, remote.eval_task
+  else:
+    task = eval_task = tasks.load(config)
+    # Fail fast, naming the file, rather than deep inside a TFF round.
+    shards.verify_shards(task.manifest)
   client_ids = task.manifest.client_ids()
   if config.num_clients and config.num_clients != len(client_ids):
     raise UserError(f'{task.manifest.shard_dir} holds {len(client_ids)} clients, '
@@ -120,8 +167,13 @@ def run(config: TrainConfig,
   _save_config(config)
   tf.keras.utils.set_random_seed(config.seed)
   process = algorithms.build_training_process(task, config)
-  evaluator = (task.evaluator_builder() if task.evaluator_builder else
-               evaluation.CentralEvaluator(task, config.eval_batch_size))
+  evaluator = (eval_task.evaluator_builder() if eval_task.evaluator_builder
+               else evaluation.CentralEvaluator(eval_task,
+                                                config.eval_batch_size))
+  if remote is not None:
+    run_round = remote.round_runner(process, config)
+  else:
+    run_round = lambda state, keys, sampled: (process.next(state, keys), None)
   checkpoints = checkpoint.RoundCheckpoints(
       os.path.join(config.output_dir, CHECKPOINT_DIR), config.keep_checkpoints)
 
@@ -144,7 +196,7 @@ def run(config: TrainConfig,
     keys = [client_data.client_key(
         c, client_data.shuffle_seed(config.seed, round_num, c)) for c in sampled]
     start = time.monotonic()
-    output = process.next(state, keys)
+    output, report = run_round(state, keys, sampled)
     round_seconds = time.monotonic() - start
     state = output.state
     row: dict[str, Any] = {
@@ -153,6 +205,9 @@ def run(config: TrainConfig,
         'clients': sampled,
         'train': _train_metrics(output.metrics),
     }
+    if report is not None:
+      row['failures'] = report.failures
+      row['network'] = report.network()
     due = config.eval_every and round_num % config.eval_every == 0
     if due or round_num == config.rounds:
       eval_start = time.monotonic()
@@ -167,6 +222,8 @@ def run(config: TrainConfig,
     if on_round is not None:
       on_round(row)
   writer.close()
+  if remote is not None:
+    remote.close()
 
   all_rows = metrics_io.read_metrics(config.output_dir)
   if last_eval is None:
@@ -179,7 +236,8 @@ def run(config: TrainConfig,
       'final_train': all_rows[-1]['train'] if all_rows else None,
       'config': config_lib.to_dict(config),
       'config_sections': config_lib.to_yaml_sections(config),
-      'shard_dir': task.manifest.shard_dir,
+      'shard_dir': (task.manifest.shard_dir if remote is None
+                    else f'edge pods of {config.topology}'),
       'versions': metrics_io.library_versions(),
       'wall_seconds': time.monotonic() - wall_start,
       'round_seconds_total': sum(r['round_seconds'] for r in all_rows),

@@ -30,6 +30,8 @@ GRPC_CHANNEL_OPTIONS = [
     ('grpc.max_send_message_length', GRPC_MAX_MESSAGE_MB * 1000 * 1000),
 ]
 _PR_SET_PDEATHSIG = 1
+# log_path meaning "write to our own stdout/stderr" (pod logs go to stdout).
+INHERIT_OUTPUT = '-'
 
 
 class WorkerStartError(RuntimeError):
@@ -52,8 +54,10 @@ class WorkerProcess:
                env: Optional[dict[str, str]] = None,
                log_path: Optional[str] = None,
                intra_op_threads: Optional[int] = None,
-               inter_op_threads: Optional[int] = None):
+               inter_op_threads: Optional[int] = None,
+               cwd: Optional[str] = None):
     self.host = host
+    self._cwd = cwd  # Relative shard paths in computations resolve here.
     self.port = port or portpicker.pick_unused_port()
     self._max_calls = max_concurrent_computation_calls
     self._env = dict(os.environ if env is None else env)
@@ -83,12 +87,15 @@ class WorkerProcess:
         f'--max_concurrent_computation_calls={self._max_calls}',
         f'--grpc_max_message_length_megabytes={GRPC_MAX_MESSAGE_MB}',
     ]
-    if self._log_path:
+    output = subprocess.DEVNULL
+    if self._log_path == INHERIT_OUTPUT:
+      output = None
+    elif self._log_path:
       self._log = open(self._log_path, 'ab')
+      output = self._log
     self._process = subprocess.Popen(
-        args, stdout=self._log or subprocess.DEVNULL,
-        stderr=self._log or subprocess.DEVNULL,
-        env=self._env, preexec_fn=_die_with_parent)
+        args, stdout=output, stderr=output,
+        env=self._env, cwd=self._cwd, preexec_fn=_die_with_parent)
     stub = self.stub()
     deadline = time.monotonic() + timeout
     while not stub.is_ready:

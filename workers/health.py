@@ -1,0 +1,66 @@
+"""A tiny HTTP endpoint for liveness, readiness and status (K8s probes)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from typing import Any, Callable
+
+# path -> () -> (HTTP status, JSON-able body)
+Route = Callable[[], tuple[int, Any]]
+
+
+class HealthServer:
+  """Serves GET routes as JSON on `port`, in a daemon thread."""
+
+  def __init__(self, port: int, routes: dict[str, Route], host: str = ''):
+    routes = dict(routes)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+
+      def do_GET(self):  # pylint: disable=invalid-name
+        route = routes.get(self.path.split('?', 1)[0])
+        if route is None:
+          status, body = 404, {'error': f'no route {self.path}',
+                               'routes': sorted(routes)}
+        else:
+          try:
+            status, body = route()
+          except Exception as e:  # pylint: disable=broad-except
+            status, body = 500, {'error': str(e)}
+        data = json.dumps(body).encode('utf-8')
+        self.send_response(status)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+      def log_message(self, *args):  # Probes every few seconds: keep quiet.
+        del args
+
+    self._server = http.server.ThreadingHTTPServer((host, port), Handler)
+    self._server.daemon_threads = True
+    self.port = self._server.server_address[1]
+    self._thread = threading.Thread(target=self._server.serve_forever,
+                                    name='health', daemon=True)
+
+  def start(self) -> 'HealthServer':
+    self._thread.start()
+    return self
+
+  def stop(self) -> None:
+    self._server.shutdown()
+    self._server.server_close()
+
+
+def get_json(address: str, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+  """GETs http://address/path; returns (status, parsed body)."""
+  import urllib.error  # pylint: disable=g-import-not-at-top
+  import urllib.request  # pylint: disable=g-import-not-at-top
+  try:
+    with urllib.request.urlopen(f'http://{address}{path}',
+                                timeout=timeout) as response:
+      return response.status, json.loads(response.read())
+  except urllib.error.HTTPError as e:
+    return e.code, json.loads(e.read() or b'null')

@@ -1,0 +1,302 @@
+"""A layered cluster on this machine: edge pods under edge servers.
+
+    python -m workers.local_cluster --pods=10 --edge_servers=2 \
+        --task=fashion_mnist --num_clients=20 --topology_out=topology.yaml
+    python -m tff_pipeline.train --executor=remote --topology=topology.yaml \
+        --num_clients=20
+
+Takes the data flags of training (--task, --data_dir, --num_clients,
+--partition, --partition_alpha, --seed, or --config), runs data_prep, and
+places each client's shard in exactly one pod's own directory (round-robin);
+the held-out split goes to a coordinator directory named as `eval_data` in
+the topology. As root, every pod and edge server runs in its own network
+namespace with its own 10.x address; otherwise on localhost ports. Dead pods
+and edge servers are restarted (as Kubernetes would). Ctrl-C or SIGTERM tears
+everything down.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Optional
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+# pylint: disable=g-import-not-at-top
+from absl import app
+from absl import flags
+from absl import logging
+import portpicker
+import tensorflow as tf  # pylint: disable=unused-import  (before app.run)
+
+from data_prep import shards
+from data_prep.errors import DataPrepError
+from tff_pipeline import config as config_lib
+from tff_pipeline import tasks
+from tff_pipeline.errors import UserError
+from workers import health
+from workers import netns
+from workers import placement
+from workers import topology as topology_lib
+
+_POD_PORT, _POD_HEALTH_PORT = 8000, 8001
+_SERVER_PORT, _SERVER_HEALTH_PORT = 7000, 7001
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+  ctypes.CDLL('libc.so.6').prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+  os.setpgrp()
+
+
+class _Node:
+  """One pod or edge server process, restartable."""
+
+  def __init__(self, name: str, argv: list[str], log_path: str,
+               health_address: str):
+    self.name = name
+    self.argv = argv
+    self.log_path = log_path
+    self.health_address = health_address
+    self.process: Optional[subprocess.Popen] = None
+    self.restarts = 0
+
+  def start(self) -> None:
+    log = open(self.log_path, 'ab')
+    self.process = subprocess.Popen(self.argv, stdout=log,
+                                    stderr=subprocess.STDOUT,
+                                    preexec_fn=_die_with_parent)
+    log.close()
+
+  def alive(self) -> bool:
+    return self.process is not None and self.process.poll() is None
+
+  def wait_ready(self, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+      if not self.alive():
+        raise UserError(f'{self.name} exited with status '
+                        f'{self.process.returncode}; see {self.log_path}')
+      try:
+        status, _ = health.get_json(self.health_address, '/readyz', 2.0)
+        if status == 200:
+          return
+      except OSError:
+        pass
+      time.sleep(0.2)
+    raise UserError(f'{self.name} not ready after {timeout:.0f}s; see '
+                    f'{self.log_path}')
+
+  def stop(self, grace: float = 10.0) -> None:
+    if self.alive():
+      self.process.terminate()
+      try:
+        self.process.wait(grace)
+      except subprocess.TimeoutExpired:
+        self.process.kill()
+        self.process.wait()
+
+
+class LocalCluster:
+  """Prepares data, starts pods and edge servers, writes the topology."""
+
+  def __init__(self, config: config_lib.TrainConfig, num_pods: int,
+               num_edge_servers: int, cluster_dir: Optional[str] = None,
+               use_netns: Optional[bool] = None, pod_threads: int = 1):
+    if num_pods < 1 or num_edge_servers < 1:
+      raise UserError('--pods and --edge_servers must be at least 1')
+    if num_edge_servers > num_pods:
+      raise UserError(f'--edge_servers={num_edge_servers} is more than '
+                      f'--pods={num_pods}: every edge server needs a pod')
+    self.config = config
+    self.num_pods = num_pods
+    self.num_edge_servers = num_edge_servers
+    self.cluster_dir = cluster_dir or tempfile.mkdtemp(prefix='tff-cluster-')
+    self.use_netns = netns.available() if use_netns is None else use_netns
+    if self.use_netns and not netns.available():
+      raise UserError('network namespaces need root and the `ip` tool; run '
+                      'as root or pass --netns=false')
+    self.pod_threads = pod_threads
+    self.topology_path = os.path.join(self.cluster_dir, 'topology.yaml')
+    self.pods: list[_Node] = []
+    self.edge_servers: list[_Node] = []
+    self.topology: Optional[topology_lib.Topology] = None
+    self._network: Optional[netns.Network] = None
+    self._stop = threading.Event()
+    self._supervisor: Optional[threading.Thread] = None
+
+  # Setup.
+
+  def _place_data(self) -> tuple[dict[str, str], str]:
+    manifest = tasks.load(self.config).manifest
+    shards.verify_shards(manifest)
+    pod_names = [f'edge-{i}' for i in range(self.num_pods)]
+    assigned = placement.assign(sorted(manifest.client_ids()), pod_names)
+    empty = [p for p, ids in assigned.items() if not ids]
+    if empty:
+      raise UserError(f'{len(manifest.clients)} clients cannot fill '
+                      f'{self.num_pods} pods ({", ".join(empty)} would be '
+                      'empty); lower --pods or raise --num_clients')
+    pod_dirs = {}
+    for pod, ids in assigned.items():
+      pod_dirs[pod] = os.path.join(self.cluster_dir, 'pods', pod)
+      placement.write_pod_dir(manifest, ids, pod_dirs[pod])
+    eval_dir = os.path.join(self.cluster_dir, 'coordinator')
+    placement.write_eval_dir(manifest, eval_dir)
+    return pod_dirs, eval_dir
+
+  def _address(self, index: int, subnet: int, port: int,
+               health_port: int) -> tuple[Optional[str], str, str]:
+    """(namespace, address, health address) of node `index`."""
+    if self._network is None:
+      return (None, f'127.0.0.1:{portpicker.pick_unused_port()}',
+              f'127.0.0.1:{portpicker.pick_unused_port()}')
+    namespace, ip = self._network.add_host(index, subnet,
+                                           len(self._network.namespaces) + 2)
+    return namespace, f'{ip}:{port}', f'{ip}:{health_port}'
+
+  def _argv(self, namespace: Optional[str], module: str,
+            args: list[str]) -> list[str]:
+    argv = [sys.executable, '-m', module, *args]
+    return self._network.command(namespace, argv) if namespace else argv
+
+  def start(self, ready_timeout: float = 180.0) -> 'LocalCluster':
+    """Brings everything up; raises UserError naming what failed."""
+    try:
+      self._start(ready_timeout)
+    except BaseException:
+      self.stop()
+      raise
+    return self
+
+  def _start(self, ready_timeout: float) -> None:
+    pod_dirs, eval_dir = self._place_data()
+    logs = os.path.join(self.cluster_dir, 'logs')
+    os.makedirs(logs, exist_ok=True)
+    if self.use_netns:
+      tag = str(os.getpid() % 100000)
+      self._network = netns.Network(tag, netns.free_net()).create()
+    pod_specs = []
+    for i, (name, data_dir) in enumerate(pod_dirs.items()):
+      namespace, address, health_address = self._address(
+          i, 1, _POD_PORT, _POD_HEALTH_PORT)
+      args = [f'--name={name}', f'--data_dir={data_dir}',
+              f'--port={address.rsplit(":", 1)[1]}',
+              f'--health_port={health_address.rsplit(":", 1)[1]}',
+              f'--threads={self.pod_threads}', '--verify_shards=false']
+      self.pods.append(_Node(name, self._argv(namespace, 'workers.edge_pod',
+                                              args),
+                             os.path.join(logs, f'{name}.log'), health_address))
+      pod_specs.append(topology_lib.Pod(name, address, health_address))
+    servers = []
+    for j in range(self.num_edge_servers):
+      name = f'edge-server-{j}'
+      namespace, address, health_address = self._address(
+          self.num_pods + j, 2, _SERVER_PORT, _SERVER_HEALTH_PORT)
+      # Contiguous groups: pods 0..4 under server 0, 5..9 under server 1.
+      group = tuple(p for i, p in enumerate(pod_specs)
+                    if i * self.num_edge_servers // self.num_pods == j)
+      servers.append(topology_lib.EdgeServer(name, address, health_address,
+                                             group))
+      args = [f'--topology={self.topology_path}', f'--name={name}']
+      self.edge_servers.append(
+          _Node(name, self._argv(namespace, 'workers.edge_server', args),
+                os.path.join(logs, f'{name}.log'), health_address))
+    self.topology = topology_lib.Topology(tuple(servers), eval_data=eval_dir)
+    topology_lib.save(self.topology, self.topology_path)
+    for node in self.pods + self.edge_servers:
+      node.start()
+    for node in self.pods + self.edge_servers:
+      node.wait_ready(ready_timeout)
+    self._supervisor = threading.Thread(target=self._supervise,
+                                        name='supervisor', daemon=True)
+    self._supervisor.start()
+
+  def _supervise(self, poll: float = 1.0) -> None:
+    """Restarts dead nodes, as a Deployment or StatefulSet would."""
+    while not self._stop.wait(poll):
+      for node in self.pods + self.edge_servers:
+        if not node.alive() and not self._stop.is_set():
+          node.restarts += 1
+          logging.warning('%s exited (status %s); restarting', node.name,
+                          node.process.returncode)
+          node.start()
+
+  def pod(self, name: str) -> _Node:
+    for node in self.pods:
+      if node.name == name:
+        return node
+    raise KeyError(name)
+
+  def stop(self) -> None:
+    self._stop.set()
+    if self._supervisor is not None:
+      self._supervisor.join()
+    for node in self.edge_servers + self.pods:
+      if node.alive():
+        node.process.terminate()
+    for node in self.edge_servers + self.pods:
+      node.stop()
+    if self._network is not None:
+      self._network.destroy()
+      self._network = None
+
+  def __enter__(self) -> 'LocalCluster':
+    return self.start()
+
+  def __exit__(self, *exc) -> None:
+    self.stop()
+
+
+def define_flags() -> None:
+  flags.DEFINE_integer('pods', 10, 'Number of edge pods.')
+  flags.DEFINE_integer('edge_servers', 2, 'Number of edge servers.')
+  flags.DEFINE_string('topology_out', 'topology.yaml',
+                      'Where to write the topology file.')
+  flags.DEFINE_string('cluster_dir', None,
+                      'Where pod data and logs go (default: a new temp dir).')
+  flags.DEFINE_enum('netns', 'auto', ['auto', 'true', 'false'],
+                    'One network namespace per node (needs root); auto: '
+                    'when root.')
+  flags.DEFINE_integer('pod_threads', 1, 'TF threads per pod executor.')
+
+
+def main(argv: list[str]) -> int:
+  from tff_pipeline import train  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  flag_values = flags.FLAGS
+  use_netns = {'auto': None, 'true': True, 'false': False}[flag_values.netns]
+  stop = threading.Event()
+  signal.signal(signal.SIGTERM, lambda *_: stop.set())
+  signal.signal(signal.SIGINT, lambda *_: stop.set())
+  try:
+    config = train.config_from_flags()
+    cluster = LocalCluster(config, flag_values.pods, flag_values.edge_servers,
+                           flag_values.cluster_dir, use_netns,
+                           flag_values.pod_threads).start()
+  except (UserError, DataPrepError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  topology_lib.save(cluster.topology, flag_values.topology_out)
+  where = 'network namespaces' if cluster.use_netns else 'localhost'
+  print(f'{cluster.num_pods} edge pods under {cluster.num_edge_servers} edge '
+        f'servers are up ({where}); topology: {flag_values.topology_out}; '
+        f'logs: {cluster.cluster_dir}/logs. Ctrl-C stops them.', flush=True)
+  stop.wait()
+  cluster.stop()
+  print('cluster stopped', flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  define_flags()
+  from tff_pipeline import train as _train  # pylint: disable=unused-import
+  app.run(main)
