@@ -56,8 +56,8 @@ def client_dataset(
   # pod: say so, not just "No such file" deep inside TF.
   held = tf.debugging.Assert(
       tf.size(tf.io.matching_files(path)) > 0,
-      [f'client data {NOT_HELD_MARKER} (no such file under its data dir):',
-       path])
+      [tf.strings.join([f'client data {NOT_HELD_MARKER} (no file ', path,
+                        ' under its data dir)'])])
   with tf.control_dependencies([held]):
     path = tf.identity(path)
   dataset = tf.data.TFRecordDataset(path)

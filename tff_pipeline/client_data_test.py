@@ -53,6 +53,15 @@ class ClientDataTest(absltest.TestCase):
     np.testing.assert_array_equal(first, labels(client_data.client_key('client_x', 5)))
     self.assertFalse(np.array_equal(first, labels(client_data.client_key('client_x', 6))))
 
+  def test_client_without_a_shard_here_fails_naming_it_not_held(self):
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                f'{client_data.NOT_HELD_MARKER}.*client_y'):
+      list(self._dataset(client_data.client_key('client_y', 1)))
+
+  def test_client_id_of_a_key(self):
+    self.assertEqual(client_data.client_id_of(
+        client_data.client_key('client_x', 42)), 'client_x')
+
   def test_shuffle_seed_is_a_pure_function_of_seed_round_client(self):
     seed = client_data.shuffle_seed
     self.assertEqual(seed(0, 3, 'a'), seed(0, 3, 'a'))

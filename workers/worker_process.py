@@ -96,6 +96,9 @@ class WorkerProcess:
     self._process = subprocess.Popen(
         args, stdout=output, stderr=output,
         env=self._env, cwd=self._cwd, preexec_fn=_die_with_parent)
+    # A fresh channel: an old one that saw the previous process die stays
+    # idle and never reports ready again.
+    self._stub = None
     stub = self.stub()
     deadline = time.monotonic() + timeout
     while not stub.is_ready:

@@ -1,0 +1,126 @@
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl.testing import absltest
+import numpy as np
+import portpicker
+
+from data_prep import shards
+from workers import health
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _shard_dir() -> str:
+  per_client = {f'c{i}': {'x': np.full((3, 2), i, np.int64),
+                          'y': np.arange(3, dtype=np.int64)} for i in range(3)}
+  return shards.write_shards(
+      os.path.join(tempfile.mkdtemp(), 'pod'), 'toy',
+      {'x': {'kind': 'int64', 'shape': [2]}, 'y': {'kind': 'int64', 'shape': []}},
+      per_client.items(), eval_examples=None, num_classes=3,
+      partition={'method': 'natural'}, source={}, label_key='y').shard_dir
+
+
+def _children(pid: int) -> list[int]:
+  try:
+    with open(f'/proc/{pid}/task/{pid}/children', encoding='ascii') as f:
+      return [int(p) for p in f.read().split()]
+  except OSError:
+    return []
+
+
+def _alive(pid: int) -> bool:
+  try:
+    with open(f'/proc/{pid}/stat', encoding='ascii') as f:
+      return f.read().split(') ')[1][0] != 'Z'
+  except OSError:
+    return False
+
+
+class EdgePodTest(absltest.TestCase):
+
+  def _start(self, data_dir: str):
+    port, health_port = (portpicker.pick_unused_port(),
+                         portpicker.pick_unused_port())
+    env = dict(os.environ, PYTHONPATH=_REPO, TF_CPP_MIN_LOG_LEVEL='3')
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'workers.edge_pod', f'--port={port}',
+         f'--health_port={health_port}', f'--data_dir={data_dir}',
+         '--name=edge-7'], cwd=_REPO, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    self.addCleanup(lambda: process.poll() is None and process.kill())
+    address = f'127.0.0.1:{health_port}'
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+      self.assertIsNone(process.poll(), 'pod exited early')
+      try:
+        if health.get_json(address, '/readyz', 1.0)[0] == 200:
+          return process, address
+      except OSError:
+        pass
+      time.sleep(0.2)
+    self.fail('pod never became ready')
+
+  def test_serves_manifest_and_stops_cleanly_on_sigterm(self):
+    process, address = self._start(_shard_dir())
+    status, body = health.get_json(address, '/manifest')
+    self.assertEqual(status, 200)
+    self.assertEqual(body['pod'], 'edge-7')
+    self.assertEqual([c['client_id'] for c in body['manifest']['clients']],
+                     ['c0', 'c1', 'c2'])
+    self.assertEqual(health.get_json(address, '/healthz')[0], 200)
+    executor = _children(process.pid)
+    self.assertLen(executor, 1)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    self.assertEqual(process.returncode, 0, output)
+    self.assertIn('stopped', output)
+    self.assertFalse(_alive(executor[0]))
+
+  def test_killed_pod_leaves_no_orphan_executor(self):
+    process, _ = self._start(_shard_dir())
+    executor = _children(process.pid)
+    self.assertLen(executor, 1)
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 10
+    while _alive(executor[0]) and time.monotonic() < deadline:
+      time.sleep(0.1)
+    self.assertFalse(_alive(executor[0]), 'executor outlived its pod')
+
+  def test_dead_executor_is_restarted(self):
+    process, address = self._start(_shard_dir())
+    first = _children(process.pid)[0]
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+      status, body = health.get_json(address, '/readyz')
+      children = _children(process.pid)
+      if status == 200 and children and children[0] != first:
+        break
+      time.sleep(0.2)
+    else:
+      self.fail('executor was not restarted')
+    self.assertEqual(health.get_json(address, '/healthz')[1]['restarts'], 1)
+
+  def test_corrupt_shard_is_refused_at_start_naming_the_file(self):
+    data_dir = _shard_dir()
+    with open(os.path.join(data_dir, 'clients', 'c1.tfrecord'), 'r+b') as f:
+      f.write(b'\xff\xff')
+    env = dict(os.environ, PYTHONPATH=_REPO, TF_CPP_MIN_LOG_LEVEL='3')
+    result = subprocess.run(
+        [sys.executable, '-m', 'workers.edge_pod', f'--data_dir={data_dir}',
+         f'--port={portpicker.pick_unused_port()}',
+         f'--health_port={portpicker.pick_unused_port()}'],
+        cwd=_REPO, env=env, capture_output=True, text=True, timeout=120)
+    self.assertEqual(result.returncode, 2)
+    self.assertIn('c1.tfrecord', result.stderr)
+    self.assertIn('error: edge pod', result.stderr)
+
+
+if __name__ == '__main__':
+  absltest.main()
