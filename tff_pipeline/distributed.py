@@ -58,6 +58,7 @@ class RoundReport:
   pod_bytes_sent: int = 0  # Edge servers -> pods (summed over servers).
   pod_bytes_received: int = 0
   attempts: int = 1
+  pod_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
   def network(self) -> dict[str, int]:
     return {'coordinator_bytes_sent': self.bytes_sent,
@@ -321,6 +322,7 @@ class DistributedRound:
       report.bytes_received += received
       report.pod_bytes_sent += reply['pod_bytes_sent']
       report.pod_bytes_received += reply['pod_bytes_received']
+      report.pod_seconds.update(reply['pod_seconds'])
       for failure in reply['failures']:
         failure['clients'] = [client_ids[j]
                               for j in positions.get(failure['pod'], [])]
@@ -338,7 +340,9 @@ class DistributedRound:
 
   def _run_on(self, server: EdgeServerClient, header: dict[str, Any],
               blobs: dict[str, bytes], resent: bool = False):
-    timeout = (self._timeout + _REPLY_SLACK_SECONDS if self._timeout else None)
+    # The edge server times each pod; it may run its pods a few at a time.
+    timeout = (self._timeout * len(header['pods']) + _REPLY_SLACK_SECONDS
+               if self._timeout else None)
     sent = 0
     if self._up_key not in server._prepared:  # pylint: disable=protected-access
       _, _, sent, _ = server.call(

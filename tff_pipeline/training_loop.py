@@ -208,6 +208,7 @@ def run(config: TrainConfig,
     if report is not None:
       row['failures'] = report.failures
       row['network'] = report.network()
+      row['pod_seconds'] = report.pod_seconds
     due = config.eval_every and round_num % config.eval_every == 0
     if due or round_num == config.rounds:
       eval_start = time.monotonic()

@@ -32,7 +32,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from data_prep import shards
+from data_prep import manifest as manifest_lib
 from data_prep.errors import DataPrepError
 from workers import health
 from workers import worker_process
@@ -60,10 +60,10 @@ class EdgePod:
   def __init__(self, name: str, data_dir: str, port: int, health_port: int,
                threads: int = 1, max_calls: int = -1, verify: bool = True):
     self.name = name
-    self.manifest = shards.load_manifest(data_dir)
+    self.manifest = manifest_lib.load_manifest(data_dir)
     if verify:
-      shards.verify_shards(self.manifest)
-    with open(os.path.join(self.manifest.shard_dir, shards.MANIFEST_FILE),
+      manifest_lib.verify_shards(self.manifest)
+    with open(os.path.join(self.manifest.shard_dir, manifest_lib.MANIFEST_FILE),
               encoding='utf-8') as f:
       self._manifest_raw = json.load(f)
     self._worker = worker_process.WorkerProcess(
@@ -85,7 +85,7 @@ class EdgePod:
                  'restarts': self.restarts}
 
   def _readyz(self):
-    ready = self._worker.alive() and self._worker.stub().is_ready
+    ready = self._worker.ready()
     return (200 if ready else 503), {'pod': self.name, 'ready': ready,
                                      'clients': len(self.manifest.clients)}
 

@@ -20,6 +20,7 @@ HTTP on --health_port: /healthz, /readyz.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import sys
@@ -37,6 +38,7 @@ import grpc
 from tensorflow_federated.proto.v0 import executor_pb2
 
 from tff_pipeline.errors import UserError
+from workers import cpu_slots
 from workers import executor_client
 from workers import health
 from workers import topology as topology_lib
@@ -52,6 +54,13 @@ _PORT = flags.DEFINE_integer('port', None,
                              'gRPC port (default: from the topology address).')
 _HEALTH_PORT = flags.DEFINE_integer(
     'health_port', None, 'HTTP port (default: from the topology).')
+_CPU_SLOTS = flags.DEFINE_integer(
+    'cpu_slots', 0,
+    'Only when pods share this machine\'s cores (workers.local_cluster): at '
+    'most this many pods of all edge servers compute at once (0: no limit).')
+_CPU_SLOTS_DIR = flags.DEFINE_string(
+    'cpu_slots_dir', None, 'Lock-file directory shared by the edge servers '
+    'of one machine, for --cpu_slots.')
 
 
 class _Abort(Exception):
@@ -68,8 +77,10 @@ def _bad_request(message: str) -> _Abort:
 class EdgeServer:
   """Serves one edge server of the topology."""
 
-  def __init__(self, spec: topology_lib.EdgeServer):
+  def __init__(self, spec: topology_lib.EdgeServer,
+               slots: Optional[cpu_slots.CpuSlots] = None):
     self.spec = spec
+    self._slots = slots
     self._pods = {pod.name: pod for pod in spec.pods}
     self._clients = {pod.name: executor_client.ExecutorClient(pod.address)
                      for pod in spec.pods}
@@ -154,10 +165,11 @@ class EdgeServer:
       return executor_client.struct_value(parts)
 
     def run_pod(pod: str):
-      start = time.monotonic()
-      arg = argument(pod)
-      result = self._clients[pod].run(up_key, up_to_merge, arg,
-                                      pod_clients[pod], timeout)
+      with (self._slots.hold() if self._slots else contextlib.nullcontext()):
+        start = time.monotonic()
+        arg = argument(pod)
+        result = self._clients[pod].run(up_key, up_to_merge, arg,
+                                        pod_clients[pod], timeout)
       return (executor_client.unplaced(result), arg.ByteSize(),
               time.monotonic() - start)
 
@@ -231,7 +243,12 @@ def main(argv: list[str]) -> int:
     if not _TOPOLOGY.value or not _NAME.value:
       raise UserError('--topology and --name are required')
     spec = topology_lib.load(_TOPOLOGY.value).edge_server(_NAME.value)
-    server = EdgeServer(spec).start()
+    slots = None
+    if _CPU_SLOTS.value:
+      if not _CPU_SLOTS_DIR.value:
+        raise UserError('--cpu_slots needs --cpu_slots_dir')
+      slots = cpu_slots.CpuSlots(_CPU_SLOTS_DIR.value, _CPU_SLOTS.value)
+    server = EdgeServer(spec, slots).start()
   except (UserError, worker_process.WorkerStartError) as e:
     print(f'error: edge server {_NAME.value}: {e}', file=sys.stderr)
     return 2

@@ -124,6 +124,9 @@ class LocalCluster:
       raise UserError('network namespaces need root and the `ip` tool; run '
                       'as root or pass --netns=false')
     self.pod_threads = pod_threads
+    # All pods share this machine's cores: one computing pod per core (more
+    # only time-share the cores, each running slower).
+    self.cpu_slots = os.cpu_count() or 1
     self.topology_path = os.path.join(self.cluster_dir, 'topology.yaml')
     self.pods: list[_Node] = []
     self.edge_servers: list[_Node] = []
@@ -205,7 +208,9 @@ class LocalCluster:
                     if i * self.num_edge_servers // self.num_pods == j)
       servers.append(topology_lib.EdgeServer(name, address, health_address,
                                              group))
-      args = [f'--topology={self.topology_path}', f'--name={name}']
+      args = [f'--topology={self.topology_path}', f'--name={name}',
+              f'--cpu_slots={self.cpu_slots}',
+              f'--cpu_slots_dir={os.path.join(self.cluster_dir, "cpu-slots")}']
       self.edge_servers.append(
           _Node(name, self._argv(namespace, 'workers.edge_server', args),
                 os.path.join(logs, f'{name}.log'), health_address))

@@ -15,14 +15,15 @@ import subprocess
 import time
 from typing import Optional
 
+import importlib.util
+
 import grpc
 import portpicker
-import tensorflow_federated as tff
 
-from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
-
-WORKER_BINARY = os.path.join(os.path.dirname(tff.__file__), 'data',
-                             'worker_binary')
+# Found without importing TFF (and TF): an edge pod's own process stays small.
+WORKER_BINARY = os.path.join(
+    importlib.util.find_spec('tensorflow_federated')
+    .submodule_search_locations[0], 'data', 'worker_binary')
 GRPC_MAX_MESSAGE_MB = 2000
 GRPC_CHANNEL_OPTIONS = [
     ('grpc.max_message_length', GRPC_MAX_MESSAGE_MB * 1000 * 1000),
@@ -69,7 +70,8 @@ class WorkerProcess:
     self._log_path = log_path
     self._process: Optional[subprocess.Popen] = None
     self._log = None
-    self._stub: Optional[remote_executor_grpc_stub.RemoteExecutorGrpcStub] = None
+    self._stub = None  # TFF's RemoteExecutorGrpcStub, made on first use.
+    self._ready_channel: Optional[grpc.Channel] = None
 
   @property
   def target(self) -> str:
@@ -96,12 +98,14 @@ class WorkerProcess:
     self._process = subprocess.Popen(
         args, stdout=output, stderr=output,
         env=self._env, cwd=self._cwd, preexec_fn=_die_with_parent)
-    # A fresh channel: an old one that saw the previous process die stays
+    # Fresh channels: an old one that saw the previous process die stays
     # idle and never reports ready again.
     self._stub = None
-    stub = self.stub()
+    if self._ready_channel is not None:
+      self._ready_channel.close()
+    self._ready_channel = self.channel()
     deadline = time.monotonic() + timeout
-    while not stub.is_ready:
+    while not self.ready():
       if self._process.poll() is not None:
         raise WorkerStartError(
             f'TFF worker on port {self.port} exited with status '
@@ -110,15 +114,26 @@ class WorkerProcess:
         self.stop()
         raise WorkerStartError(
             f'TFF worker on port {self.port} not ready after {timeout:.0f}s')
-      time.sleep(0.1)
     return self
 
   def channel(self) -> grpc.Channel:
     return grpc.insecure_channel(self.target, GRPC_CHANNEL_OPTIONS)
 
-  def stub(self) -> remote_executor_grpc_stub.RemoteExecutorGrpcStub:
-    # One stub per worker: it learns readiness from its channel's callbacks.
+  def ready(self, timeout: float = 0.2) -> bool:
+    """Whether the service accepts gRPC connections."""
+    if self._ready_channel is None or not self.alive():
+      return False
+    try:
+      grpc.channel_ready_future(self._ready_channel).result(timeout=timeout)
+      return True
+    except grpc.FutureTimeoutError:
+      return False
+
+  def stub(self):
+    """TFF's RemoteExecutorGrpcStub for this worker (imports TFF)."""
     if self._stub is None:
+      # pylint: disable=g-import-not-at-top
+      from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
       self._stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(
           self.channel())
     return self._stub

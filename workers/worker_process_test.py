@@ -26,7 +26,7 @@ class WorkerProcessTest(absltest.TestCase):
     worker = worker_process.WorkerProcess().start()
     try:
       self.assertTrue(worker.alive())
-      self.assertTrue(worker.stub().is_ready)
+      self.assertTrue(worker.ready())
     finally:
       worker.stop()
     self.assertFalse(worker.alive())
