@@ -107,13 +107,23 @@ class _RemoteSetup:
                       'coordinator needs a held-out shard dir to evaluate on')
     eval_manifest = shards.load_manifest(topology.eval_data)
     shards.verify_shards(eval_manifest)
+    eval_task = tasks.from_manifest(config, eval_manifest)
+    if eval_task.evaluator_builder is not None:
+      # Its evaluation reads each user's own training ratings, which live on
+      # the pods; running that evaluation on the pods is not built yet.
+      raise UserError(f'--task={config.task} evaluates federated on its '
+                      'users\' own data, which --executor=remote does not '
+                      'support yet; train it with --executor=local')
     cluster = distributed.Cluster(topology)
     view = cluster.describe()
-    if view.manifest.task != config.task:
-      raise UserError(f'the pods hold {view.manifest.task!r} data, not '
-                      f'--task={config.task}')
+    if (view.manifest.task, view.manifest.features) != (
+        eval_manifest.task, eval_manifest.features):
+      raise UserError(
+          f'the pods hold {view.manifest.task!r} data but eval_data '
+          f'{topology.eval_data} holds {eval_manifest.task!r} data; place '
+          'both from the same data_prep run')
     return cls(cluster, view, tasks.from_manifest(config, view.manifest),
-               tasks.from_manifest(config, eval_manifest))
+               eval_task)
 
   def round_runner(self, process, config: TrainConfig):
     """(state, keys, sampled ids) -> (process output, RoundReport)."""
