@@ -23,6 +23,13 @@ from tff_pipeline import optimizers
 from tff_pipeline.config import TrainConfig
 
 EMBEDDING_DIM = 50
+# Rebuilding a user's embedding is a small least-squares fit (dim + 1
+# numbers): two passes over the user's ratings, in batches of
+# --client_batch_size, at a step that halves the user-bias error per step
+# (its curvature is 2 * scale^2 ~ 2). Training and evaluation rebuild it the
+# same way; --client_learning_rate is the step for the global item weights.
+RECONSTRUCTION_EPOCHS = 2
+RECONSTRUCTION_LEARNING_RATE = 0.25
 _PARSE_BATCH = 256
 
 
@@ -115,21 +122,30 @@ def build_training_process(manifest: shards.Manifest, config: TrainConfig,
       client_optimizer_fn=optimizers.client_optimizer(config),
       server_optimizer_fn=optimizers.server_optimizer(config),
       reconstruction_optimizer_fn=optimizers.build(
-          'sgd', config.client_learning_rate),
+          'sgd', RECONSTRUCTION_LEARNING_RATE),
+      dataset_split_fn=tff.learning.models.ReconstructionModel
+      .build_dataset_split_fn(recon_epochs=RECONSTRUCTION_EPOCHS),
   )
   return tff.simulation.compose_dataset_computation_with_learning_process(
       dataset_computation, process)
 
 
-def _split_for_eval(dataset: tf.data.Dataset) -> tuple[tf.data.Dataset,
-                                                       tf.data.Dataset]:
-  # An eval client's dataset holds its reconstruction ratings as +r and the
-  # ratings to score as -r (ratings are 1..5): one dataset carries both parts.
-  rows = dataset.unbatch()
-  recon = rows.filter(lambda x, y: y[0] > 0).batch(_PARSE_BATCH)
-  scored = rows.filter(lambda x, y: y[0] < 0).map(
-      lambda x, y: (x, -y)).batch(_PARSE_BATCH)
-  return recon, scored
+def _eval_split_fn(batch_size: int) -> Callable[
+    [tf.data.Dataset], tuple[tf.data.Dataset, tf.data.Dataset]]:
+  """Splits an eval client's dataset into reconstruction and scored parts."""
+
+  def split(dataset):
+    # An eval client's dataset holds its reconstruction ratings as +r and the
+    # ratings to score as -r (ratings are 1..5): one dataset carries both.
+    # Reconstruction runs as in training: same batch size and epochs.
+    rows = dataset.unbatch()
+    recon = rows.filter(lambda x, y: y[0] > 0).batch(batch_size).repeat(
+        RECONSTRUCTION_EPOCHS)
+    scored = rows.filter(lambda x, y: y[0] < 0).map(
+        lambda x, y: (x, -y)).batch(_PARSE_BATCH)
+    return recon, scored
+
+  return split
 
 
 class FedReconEvaluator:
@@ -158,8 +174,8 @@ class FedReconEvaluator:
         model_fn_for(manifest.source['num_items'], config.seed),
         loss_fn=_loss, metrics_fn=_metrics,
         reconstruction_optimizer_fn=optimizers.build(
-            'sgd', config.client_learning_rate),
-        dataset_split_fn=_split_for_eval)
+            'sgd', RECONSTRUCTION_LEARNING_RATE),
+        dataset_split_fn=_eval_split_fn(config.client_batch_size))
     self._process = tff.simulation.compose_dataset_computation_with_learning_process(
         eval_dataset, evaluation)
     self._keys = shards.load_manifest(by_user_dir).client_ids()

@@ -264,7 +264,8 @@ def main(argv: list[str]) -> int:
   stop = threading.Event()
   signal.signal(signal.SIGTERM, lambda *_: stop.set())
   signal.signal(signal.SIGINT, lambda *_: stop.set())
-  stop.wait()
+  while not stop.wait(0.5):  # Timed: an untimed wait can miss the signal.
+    pass
   logging.info('%s: shutting down', spec.name)
   grpc_server.stop(grace=2).wait()
   health_server.stop()

@@ -184,7 +184,11 @@ class LocalCluster:
     logs = os.path.join(self.cluster_dir, 'logs')
     os.makedirs(logs, exist_ok=True)
     if self.use_netns:
-      tag = str(os.getpid() % 100000)
+      stale = netns.remove_stale()
+      if stale:
+        logging.warning('removed namespaces of dead clusters: %s',
+                        ', '.join(stale))
+      tag = str(os.getpid())
       self._network = netns.Network(tag, netns.free_net()).create()
     pod_specs = []
     for i, (name, data_dir) in enumerate(pod_dirs.items()):
@@ -295,7 +299,8 @@ def main(argv: list[str]) -> int:
   print(f'{cluster.num_pods} edge pods under {cluster.num_edge_servers} edge '
         f'servers are up ({where}); topology: {flag_values.topology_out}; '
         f'logs: {cluster.cluster_dir}/logs. Ctrl-C stops them.', flush=True)
-  stop.wait()
+  while not stop.wait(0.5):  # Timed: an untimed wait can miss the signal.
+    pass
   cluster.stop()
   print('cluster stopped', flush=True)
   return 0

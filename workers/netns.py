@@ -8,6 +8,7 @@ between nodes then crosses real interfaces, as between hosts.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -36,6 +37,27 @@ def free_net() -> int:
     if net not in used:
       return net
   raise OSError('no free 10.X.0.0/16 network for the cluster bridge')
+
+
+def remove_stale() -> list[str]:
+  """Deletes namespaces and bridges left by clusters whose process died.
+
+  Names carry the creating process id (Network's tag), so a `kill -9`ed
+  cluster's leftovers are recognized and removed by the next one.
+  """
+  removed = []
+  for line in _ip('netns', 'list').splitlines():
+    match = re.fullmatch(r'tff(\d+)n\d+', line.split()[0]) if line else None
+    if match and not os.path.exists(f'/proc/{match.group(1)}'):
+      _ip('netns', 'delete', match.group(0), check=False)
+      removed.append(match.group(0))
+  for line in _ip('-o', 'link', 'show', 'type', 'bridge').splitlines():
+    name = line.split(': ')[1].split('@')[0] if ': ' in line else ''
+    match = re.fullmatch(r'tb(\d+)', name)
+    if match and not os.path.exists(f'/proc/{match.group(1)}'):
+      _ip('link', 'delete', name, check=False)
+      removed.append(name)
+  return removed
 
 
 class Network:
