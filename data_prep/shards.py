@@ -97,7 +97,7 @@ def write_shards(shard_dir: str,
   """
   spec = check_features_spec(features_spec)
   shard_dir = os.path.abspath(shard_dir)
-  _check_replaceable(shard_dir)
+  check_replaceable(shard_dir)
   parent = os.path.dirname(shard_dir)
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f".{os.path.basename(shard_dir)}.tmp-",
@@ -243,7 +243,8 @@ def shard_path(shard_dir: str, client_id: tf.Tensor) -> tf.Tensor:
 # Writing.
 
 
-def _check_replaceable(shard_dir: str) -> None:
+def check_replaceable(shard_dir: str) -> None:
+  """Raises DataPrepError if write_shards may not replace shard_dir."""
   if not os.path.lexists(shard_dir):
     return
   if not os.path.isdir(shard_dir) or os.path.islink(shard_dir):

@@ -455,7 +455,8 @@ def prepare_lines(lines: Iterable[str], name: str, shard_dir: str, *,
         f"allows (at most {max_open_buckets()} buckets); raise `ulimit -n` "
         "or pass fewer --num_buckets")
   shard_dir = os.path.abspath(shard_dir)
-  _check_output_dir(shard_dir)
+  # Fails early (before a long read) where write_shards would fail late.
+  shards.check_replaceable(shard_dir)
   parent = os.path.dirname(shard_dir)
   os.makedirs(parent, exist_ok=True)
   spill_dir = tempfile.mkdtemp(
@@ -766,22 +767,6 @@ def _open_text(path: str):
   if path.endswith(".gz"):
     return gzip.open(path, "rt", encoding="utf-8", newline="")
   return open(path, encoding="utf-8", newline="")
-
-
-def _check_output_dir(shard_dir: str) -> None:
-  """Fails early (before a long read) where write_shards would fail late."""
-  if not os.path.lexists(shard_dir):
-    return
-  if not os.path.isdir(shard_dir) or os.path.islink(shard_dir):
-    raise errors.DataPrepError(
-        f"output path {shard_dir} exists and is not a directory; pass "
-        "another --output_dir or remove it")
-  if (os.listdir(shard_dir) and not os.path.exists(
-          os.path.join(shard_dir, shards.MANIFEST_FILE))):
-    raise errors.DataPrepError(
-        f"refusing to replace {shard_dir}: it is not empty and has no "
-        f"{shards.MANIFEST_FILE}, so it may not be a shard directory; pass "
-        "a new or empty --output_dir, or delete it")
 
 
 def _check_request(vocab_size: int, num_tags: int, num_clients: int,

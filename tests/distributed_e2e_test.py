@@ -173,9 +173,7 @@ class DistributedEndToEndTest(absltest.TestCase):
     process = self._start_training(config)
     self._wait_rows(config.output_dir, 1, process)
     pod = self.cluster.pod('edge-5')
-    children = open(f'/proc/{pod.process.pid}/task/{pod.process.pid}/children'
-                    ).read().split()
-    executor_pid = int(children[0])
+    executor_pid = testutil.child_pids(pod.process.pid)[0]
     os.kill(executor_pid, signal.SIGSTOP)  # Stalls without dying.
     try:
       self._wait_rows(config.output_dir, 2, process)

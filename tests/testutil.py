@@ -49,3 +49,31 @@ def synthetic_images(num_examples: int, num_classes: int = 10,
     row = 2 + (label * 24) // num_classes
     images[i, row:row + 2, :] = 255
   return images, labels.astype(np.int64)
+
+
+def child_pids(pid: int) -> list[int]:
+  """Direct children of a live process (empty if it is gone)."""
+  try:
+    with open(f'/proc/{pid}/task/{pid}/children', encoding='ascii') as f:
+      return [int(p) for p in f.read().split()]
+  except OSError:
+    return []
+
+
+def descendant_pids(pid: int) -> list[int]:
+  """Children, grandchildren, ... of a live process."""
+  found, todo = [], [pid]
+  while todo:
+    children = child_pids(todo.pop())
+    found += children
+    todo += children
+  return found
+
+
+def pid_alive(pid: int) -> bool:
+  """True while the process exists and is not a zombie."""
+  try:
+    with open(f'/proc/{pid}/stat', encoding='ascii') as f:
+      return f.read().split(') ')[1][0] != 'Z'
+  except OSError:
+    return False

@@ -87,6 +87,15 @@ class EdgeServerClient:
     header, reply_blobs = wire.unpack(reply)
     return header, reply_blobs, len(request), len(reply)
 
+  def prepare(self, functions: dict[str, bytes],
+              timeout: Optional[float]) -> int:
+    """Sends the computations it lacks; returns the bytes sent."""
+    if set(functions) <= self._prepared:
+      return 0
+    _, _, sent, _ = self.call('Prepare', {}, functions, timeout=timeout)
+    self._prepared.update(functions)
+    return sent
+
   def forget_prepared(self) -> None:
     self._prepared.clear()
 
@@ -203,6 +212,8 @@ class DistributedRound:
         merge, merge.type_signature)
     self._up_key = _function_key(self._up_to_merge)
     self._merge_key = _function_key(self._merge)
+    self._functions = {self._up_key: self._up_to_merge.SerializeToString(),
+                       self._merge_key: self._merge.SerializeToString()}
     self._partial_type = form.merge.type_signature.result
     parameter = form.up_to_merge.type_signature.parameter
     if not isinstance(parameter, computation_types.StructType):
@@ -343,13 +354,7 @@ class DistributedRound:
     # The edge server times each pod; it may run its pods a few at a time.
     timeout = (self._timeout * len(header['pods']) + _REPLY_SLACK_SECONDS
                if self._timeout else None)
-    sent = 0
-    if self._up_key not in server._prepared:  # pylint: disable=protected-access
-      _, _, sent, _ = server.call(
-          'Prepare', {}, {self._up_key: self._up_to_merge.SerializeToString(),
-                          self._merge_key: self._merge.SerializeToString()},
-          timeout=timeout)
-      server._prepared.add(self._up_key)  # pylint: disable=protected-access
+    sent = server.prepare(self._functions, timeout)
     try:
       reply, reply_blobs, request_bytes, reply_bytes = server.call(
           'Run', header, blobs, timeout=timeout)

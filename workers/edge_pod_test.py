@@ -10,6 +10,7 @@ import numpy as np
 import portpicker
 
 from data_prep import shards
+from tests import testutil
 from workers import health
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,22 +24,6 @@ def _shard_dir() -> str:
       {'x': {'kind': 'int64', 'shape': [2]}, 'y': {'kind': 'int64', 'shape': []}},
       per_client.items(), eval_examples=None, num_classes=3,
       partition={'method': 'natural'}, source={}, label_key='y').shard_dir
-
-
-def _children(pid: int) -> list[int]:
-  try:
-    with open(f'/proc/{pid}/task/{pid}/children', encoding='ascii') as f:
-      return [int(p) for p in f.read().split()]
-  except OSError:
-    return []
-
-
-def _alive(pid: int) -> bool:
-  try:
-    with open(f'/proc/{pid}/stat', encoding='ascii') as f:
-      return f.read().split(') ')[1][0] != 'Z'
-  except OSError:
-    return False
 
 
 class EdgePodTest(absltest.TestCase):
@@ -73,33 +58,33 @@ class EdgePodTest(absltest.TestCase):
     self.assertEqual([c['client_id'] for c in body['manifest']['clients']],
                      ['c0', 'c1', 'c2'])
     self.assertEqual(health.get_json(address, '/healthz')[0], 200)
-    executor = _children(process.pid)
+    executor = testutil.child_pids(process.pid)
     self.assertLen(executor, 1)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=30)
     self.assertEqual(process.returncode, 0, output)
     self.assertIn('stopped', output)
-    self.assertFalse(_alive(executor[0]))
+    self.assertFalse(testutil.pid_alive(executor[0]))
 
   def test_killed_pod_leaves_no_orphan_executor(self):
     process, _ = self._start(_shard_dir())
-    executor = _children(process.pid)
+    executor = testutil.child_pids(process.pid)
     self.assertLen(executor, 1)
     process.kill()
     process.wait()
     deadline = time.monotonic() + 10
-    while _alive(executor[0]) and time.monotonic() < deadline:
+    while testutil.pid_alive(executor[0]) and time.monotonic() < deadline:
       time.sleep(0.1)
-    self.assertFalse(_alive(executor[0]), 'executor outlived its pod')
+    self.assertFalse(testutil.pid_alive(executor[0]), 'executor outlived its pod')
 
   def test_dead_executor_is_restarted(self):
     process, address = self._start(_shard_dir())
-    first = _children(process.pid)[0]
+    first = testutil.child_pids(process.pid)[0]
     os.kill(first, signal.SIGKILL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
       status, body = health.get_json(address, '/readyz')
-      children = _children(process.pid)
+      children = testutil.child_pids(process.pid)
       if status == 200 and children and children[0] != first:
         break
       time.sleep(0.2)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import urllib.error
+import urllib.request
 from typing import Any, Callable
 
 # path -> () -> (HTTP status, JSON-able body)
@@ -56,8 +58,6 @@ class HealthServer:
 
 def get_json(address: str, path: str, timeout: float = 5.0) -> tuple[int, Any]:
   """GETs http://address/path; returns (status, parsed body)."""
-  import urllib.error  # pylint: disable=g-import-not-at-top
-  import urllib.request  # pylint: disable=g-import-not-at-top
   try:
     with urllib.request.urlopen(f'http://{address}{path}',
                                 timeout=timeout) as response:

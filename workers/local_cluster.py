@@ -17,7 +17,6 @@ everything down.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -45,15 +44,10 @@ from workers import health
 from workers import netns
 from workers import placement
 from workers import topology as topology_lib
+from workers import worker_process
 
 _POD_PORT, _POD_HEALTH_PORT = 8000, 8001
 _SERVER_PORT, _SERVER_HEALTH_PORT = 7000, 7001
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-  ctypes.CDLL('libc.so.6').prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-  os.setpgrp()
 
 
 class _Node:
@@ -72,7 +66,7 @@ class _Node:
     log = open(self.log_path, 'ab')
     self.process = subprocess.Popen(self.argv, stdout=log,
                                     stderr=subprocess.STDOUT,
-                                    preexec_fn=_die_with_parent)
+                                    preexec_fn=worker_process.die_with_parent)
     log.close()
 
   def alive(self) -> bool:

@@ -7,31 +7,10 @@ import time
 
 from absl.testing import absltest
 
+from tests import testutil
 from workers import netns
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _descendants(pid: int) -> list[int]:
-  found, todo = [], [pid]
-  while todo:
-    parent = todo.pop()
-    try:
-      with open(f'/proc/{parent}/task/{parent}/children', encoding='ascii') as f:
-        children = [int(p) for p in f.read().split()]
-    except OSError:
-      children = []
-    found += children
-    todo += children
-  return found
-
-
-def _alive(pid: int) -> bool:
-  try:
-    with open(f'/proc/{pid}/stat', encoding='ascii') as f:
-      return f.read().split(') ')[1][0] != 'Z'
-  except OSError:
-    return False
 
 
 class LocalClusterTest(absltest.TestCase):
@@ -56,7 +35,7 @@ class LocalClusterTest(absltest.TestCase):
         break
     self.assertIn('are up', lines[-1], ''.join(lines))
     self.assertTrue(os.path.exists(f'{out}/topology.yaml'))
-    nodes = _descendants(process.pid)
+    nodes = testutil.descendant_pids(process.pid)
     self.assertGreaterEqual(len(nodes), 6)  # 2 pods, 1 edge server, executors.
     namespaces = [l for l in subprocess.run(
         ['ip', 'netns', 'list'], capture_output=True, text=True).stdout
@@ -66,7 +45,7 @@ class LocalClusterTest(absltest.TestCase):
     self.assertEqual(process.returncode, 0, output)
     self.assertIn('cluster stopped', output)
     time.sleep(1)
-    self.assertEqual([p for p in nodes if _alive(p)], [])
+    self.assertEqual([p for p in nodes if testutil.pid_alive(p)], [])
     if namespaces:  # Ran in network namespaces: they are gone too.
       left = subprocess.run(['ip', 'netns', 'list'], capture_output=True,
                             text=True).stdout

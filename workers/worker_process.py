@@ -39,7 +39,7 @@ class WorkerStartError(RuntimeError):
   """The executor service did not come up."""
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
   # Runs in the child between fork and exec. The signal fires when the thread
   # that forked us exits, so workers are started from the main thread.
   libc = ctypes.CDLL('libc.so.6', use_errno=True)
@@ -97,7 +97,7 @@ class WorkerProcess:
       output = self._log
     self._process = subprocess.Popen(
         args, stdout=output, stderr=output,
-        env=self._env, cwd=self._cwd, preexec_fn=_die_with_parent)
+        env=self._env, cwd=self._cwd, preexec_fn=die_with_parent)
     # Fresh channels: an old one that saw the previous process die stays
     # idle and never reports ready again.
     self._stub = None
