@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(dataset-fashion-mnist bazel-bootstrap)
+# nginx: the TLS terminator (mTLS) in front of each edge pod executor.
+APT_PACKAGES=(dataset-fashion-mnist bazel-bootstrap nginx)
 
 log() { printf '[setup] %s\n' "$*"; }
 

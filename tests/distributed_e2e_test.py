@@ -24,7 +24,13 @@ import tensorflow as tf
 from tests import testutil
 from tff_pipeline import config as config_lib
 from tff_pipeline import distributed
+from scipy import stats
+
+from tff_pipeline import algorithms
+from tff_pipeline import client_data
 from tff_pipeline import runtime
+from tff_pipeline import secure_round
+from tff_pipeline import tasks
 from tff_pipeline import training_loop
 from workers import executor_client
 from workers import local_cluster
@@ -117,14 +123,132 @@ class DistributedEndToEndTest(absltest.TestCase):
                  if p.name != holder and
                  setup.view.server_of[p.name] == setup.view.server_of[holder])
     setup.view.pod_of[client] = wrong  # A stale or corrupted routing table.
-    from tff_pipeline import algorithms, client_data  # pylint: disable=g-import-not-at-top
     process = algorithms.build_training_process(setup.task, config)
     run_round = setup.round_runner(process, config)
     state = training_loop.initial_state(process, setup.task)
     with self.assertRaisesRegex(distributed.ClusterError,
                                 f'pod {wrong} .*{client}.*not held'):
-      run_round(state, [client_data.client_key(client, 1)], [client])
+      run_round(state, [client_data.client_key(client, 1)], [client], 1)
     setup.close()
+
+  def _secure_setup(self, name: str, **overrides):
+    config = self._remote(name, aggregator='secagg', clients_per_round=20,
+                          **overrides)
+    setup = training_loop._RemoteSetup.connect(config)  # pylint: disable=protected-access
+    process = algorithms.build_training_process(setup.task, config)
+    tf.keras.utils.set_random_seed(config.seed)
+    state = training_loop.initial_state(process, setup.task)
+    sampled = sorted(setup.view.pod_of)
+    keys = [client_data.client_key(c, 7) for c in sampled]
+    return config, setup, process, state, sampled, keys
+
+  def test_secagg_remote_equals_local_secagg(self):
+    # One round: the stochastic rounding of the two runs differs by ~1e-9,
+    # and a second round of the 2NN turns that into ReLU flips (~3e-4 on 2%
+    # of the weights, measured) - noise, not an aggregation error.
+    local = training_loop.run(_config(os.path.join(self.root, 'secagg-local'),
+                                      aggregator='secagg', rounds=1))
+    remote = training_loop.run(self._remote('secagg-remote',
+                                            aggregator='secagg', rounds=1))
+    for row in remote.rows:
+      self.assertEqual(row['failures'], [])
+      self.assertEqual(sorted(row['participants']), sorted(row['clients']))
+    for a, b in zip(_weights(local), _weights(remote), strict=True):
+      np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+  def test_secagg_what_the_coordinator_and_edge_servers_see_is_uniform(self):
+    config, setup, process, state, sampled, keys = self._secure_setup(
+        'secagg-uniform')
+    form = secure_round.SecureForm(process.next, len(sampled), '.')
+    runner = distributed.DistributedRound(
+        setup.cluster, setup.view, process.next,
+        executor_client.ExecutorClient(runtime.local_worker().target),
+        stages=(form.pod_round, form.merge_partials))
+    tag = secure_round.round_tag(1, 1, sampled)
+    secagg = {'tag': tag, 'layout': form.layout.to_json(),
+              'public_keys': {c: setup.view.public_keys[c] for c in sampled}}
+    report = distributed.RoundReport(failures=[])
+    broadcast = form.prepare(state)
+    partials = runner.fan_out((broadcast, keys, tag), sampled, set(), report,
+                              secagg=secagg)
+    self.assertEqual(report.failures, [])
+    self.assertLen(partials, _EDGE_SERVERS)  # What the coordinator receives.
+    modulus = form.layout.moduli[0]
+    from tensorflow_federated.python.core.impl.executors import value_serialization  # pylint: disable=g-import-not-at-top
+    kernels = []
+    for partial in partials:
+      value, _ = value_serialization.deserialize_value(partial,
+                                                       form.partial_type)
+      kernel = np.ravel(value[1][0]).astype(np.float64) / modulus
+      kernels.append(kernel)
+      self.assertGreater(stats.kstest(kernel, 'uniform').pvalue, 1e-3)
+      counts = np.bincount((kernel * 32).astype(int), minlength=32)
+      self.assertGreater(stats.chisquare(counts).pvalue, 1e-3)
+    # Together they unmask: 20 values in [0, 2^32) each, far from uniform.
+    total = np.mod(np.round(sum(kernels) * modulus), modulus)
+    self.assertLess(total.max(), 20 * 2**32)
+    # One pod's reply to its edge server, as the edge server gets it.
+    pod = self.cluster.topology.pods[0]
+    pod_clients = [c for c in sampled if setup.view.pod_of[c] == pod.name]
+    from workers import health  # pylint: disable=g-import-not-at-top
+    status, body = health.post_json(pod.health, '/control/secagg/masks', {
+        'tag': tag, 'clients': pod_clients, 'layout': form.layout.to_json(),
+        'public_keys': secagg['public_keys']})
+    self.assertEqual(status, 200, body)
+    pod_round = runner._up_to_merge  # pylint: disable=protected-access
+    arg = executor_client.struct_value([
+        ('', value_serialization.serialize_value(
+            broadcast, form.pod_round.type_signature.parameter[0])[0]),
+        ('', value_serialization.serialize_value(
+            [keys[sampled.index(c)] for c in pod_clients],
+            form.pod_round.type_signature.parameter[1])[0]),
+        ('', value_serialization.serialize_value(
+            tag, form.pod_round.type_signature.parameter[2])[0])])
+    reply = executor_client.ExecutorClient(pod.address).run(
+        'pod-round', pod_round, arg, len(pod_clients))
+    value, _ = value_serialization.deserialize_value(
+        executor_client.unplaced(reply), form.partial_type)
+    kernel = np.ravel(value[1][0]).astype(np.float64) / modulus
+    self.assertGreater(stats.kstest(kernel, 'uniform').pvalue, 1e-3)
+    # Unmasked, its sum of len(pod_clients) values would be below this.
+    self.assertGreater(kernel.max() * modulus, len(pod_clients) * 2**32)
+    setup.close()
+
+  def test_secagg_participant_dropped_mid_round_is_redone_without_it(self):
+    config, setup, process, state, sampled, keys = self._secure_setup(
+        'secagg-dropout', round_timeout=8.0)
+    run_round = setup.round_runner(process, config)
+    pod = self.cluster.pod('edge-4')
+    executor_pid = testutil.child_pids(pod.process.pid)[0]
+    os.kill(executor_pid, signal.SIGSTOP)  # Drops out after its masks.
+    try:
+      output, report = run_round(state, keys, sampled, 1)
+    finally:
+      os.kill(executor_pid, signal.SIGCONT)
+    setup.close()
+    dropped = [f for f in report.failures if f.get('pod') == 'edge-4']
+    self.assertLen(dropped, 1, report.failures)
+    self.assertEqual(dropped[0]['kind'], 'timeout')
+    self.assertEqual(report.attempts, 2)
+    lost = set(dropped[0]['clients'])
+    self.assertNotEmpty(lost)
+    self.assertEqual(sorted(report.participants),
+                     sorted(set(sampled) - lost))
+    # The model is the secure mean over the survivors, as a local secure
+    # round over exactly them computes it (not garbage from unmatched masks).
+    local_task = tasks.load(_config(os.path.join(self.root, 'unused')))
+    local_process = algorithms.build_training_process(local_task, config)
+    mask_root = tempfile.mkdtemp()
+    local_round = secure_round.LocalSecureRound(
+        secure_round.SecureForm(local_process.next, len(sampled), mask_root),
+        mask_root)
+    survivors = report.participants
+    expected, _ = local_round(
+        state, [keys[sampled.index(c)] for c in survivors], survivors, 1)
+    for a, b in zip(process.get_model_weights(output.state).trainable,
+                    local_process.get_model_weights(expected.state).trainable,
+                    strict=True):
+      np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
   def _start_training(self, config: config_lib.TrainConfig):
     args = [f'--{k}={v}' for k, v in config_lib.to_dict(config).items()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow_federated as tff
 
+from tff_pipeline import aggregators
 from tff_pipeline import client_data
 from tff_pipeline import fedprox
 from tff_pipeline import optimizers
@@ -31,7 +32,11 @@ def model_fn_for(task: Task):
 
 def build_learning_process(
     task: Task, config: TrainConfig) -> tff.learning.templates.LearningProcess:
-  """Weighted FedAvg/FedOpt, or FedProx, over client datasets."""
+  """FedAvg/FedOpt or FedProx over client datasets.
+
+  Weighted by example counts with `--aggregator=mean`; otherwise unweighted,
+  as DP-FedAvg and fixed-range secure sums need.
+  """
   model_fn = model_fn_for(task)
   client_optimizer = optimizers.client_optimizer(config)
   server_optimizer = optimizers.server_optimizer(config)
@@ -39,10 +44,18 @@ def build_learning_process(
     # Not tff.learning.algorithms.build_weighted_fed_prox: see fedprox.py.
     client_optimizer = fedprox.ProximalOptimizer(client_optimizer,
                                                  config.fedprox_mu)
-  return tff.learning.algorithms.build_weighted_fed_avg(
+  aggregator = aggregators.build(config, len(task.manifest.clients))
+  if aggregator is None:
+    return tff.learning.algorithms.build_weighted_fed_avg(
+        model_fn,
+        client_optimizer_fn=client_optimizer,
+        server_optimizer_fn=server_optimizer,
+    )
+  return tff.learning.algorithms.build_unweighted_fed_avg(
       model_fn,
       client_optimizer_fn=client_optimizer,
       server_optimizer_fn=server_optimizer,
+      model_aggregator=aggregator,
   )
 
 

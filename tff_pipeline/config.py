@@ -39,6 +39,8 @@ ALGORITHMS = ('fedavg', 'fedprox')
 CLIENT_OPTIMIZERS = ('sgd', 'sgdm', 'adam')
 SERVER_OPTIMIZERS = ('sgd', 'sgdm', 'adam', 'yogi', 'adagrad')
 EXECUTORS = ('local', 'remote')
+AGGREGATORS = ('mean', 'secagg', 'dp_fixed', 'dp_adaptive', 'secagg_dp')
+CLIENT_SAMPLINGS = ('uniform', 'poisson')
 
 
 def _opt(
@@ -128,8 +130,15 @@ class TrainConfig:
   rounds: int = _opt(30, 'train_args', 'Number of training rounds.',
                      fedml=('train_args.comm_round',), check=_at_least(1))
   clients_per_round: int = _opt(
-      10, 'train_args', 'Clients sampled uniformly (seeded) per round.',
+      10, 'train_args', 'Clients sampled (seeded) per round; with '
+      '--client_sampling=poisson, the expected number.',
       fedml=('train_args.client_num_per_round',), check=_at_least(1))
+  client_sampling: str = _opt(
+      'uniform', 'train_args',
+      'uniform: exactly --clients_per_round clients without replacement; '
+      'poisson: each client independently with probability '
+      'clients_per_round/num_clients (what DP accounting assumes best).',
+      choices=CLIENT_SAMPLINGS)
   client_epochs: int = _opt(1, 'train_args',
                             'Local epochs over each client dataset per round.',
                             fedml=('train_args.epochs',), check=_at_least(1))
@@ -158,6 +167,37 @@ class TrainConfig:
   server_momentum: float = _opt(0.9, 'train_args',
                                 'Momentum for --server_optimizer=sgdm.',
                                 check=_at_least(0.0))
+  aggregator: str = _opt(
+      'mean', 'train_args',
+      'How client updates are combined: mean (weighted, plain), secagg '
+      '(unweighted mean of --clip-clipped updates under pairwise-mask secure '
+      'aggregation), dp_fixed / dp_adaptive (DP-FedAvg: Gaussian noise, fixed '
+      'or quantile-adaptive clipping), secagg_dp (dp_fixed over secagg).',
+      choices=AGGREGATORS)
+  clip: float = _opt(
+      1.0, 'train_args',
+      'L2 norm bound of each client update for secagg, dp_fixed and '
+      'secagg_dp; the initial bound for dp_adaptive.', check=_positive)
+  secagg_bits: int = _opt(
+      32, 'train_args',
+      'Fixed-point bits per coordinate of a securely summed update (Z_2^b).',
+      check=lambda v: None if 8 <= v <= 48 else f'must be in [8, 48], got {v}')
+  noise_multiplier: float = _opt(
+      1.0, 'train_args',
+      'DP noise stddev / clip (dp_* and secagg_dp); ignored when '
+      '--target_epsilon is set.', check=_at_least(0.0))
+  target_epsilon: float = _opt(
+      0.0, 'train_args',
+      'If > 0: choose the noise multiplier so the whole run is '
+      '(target_epsilon, --delta)-DP, before training starts.',
+      check=_at_least(0.0))
+  delta: float = _opt(
+      1e-5, 'train_args', 'The delta that epsilon is reported at.',
+      check=lambda v: None if 0 < v < 1 else f'must be in (0, 1), got {v}')
+  target_unclipped_quantile: float = _opt(
+      0.5, 'train_args',
+      'dp_adaptive: the fraction of updates the adaptive clip leaves unclipped.',
+      check=lambda v: None if 0 < v < 1 else f'must be in (0, 1), got {v}')
   fedprox_mu: float = _opt(0.01, 'train_args',
                            'FedProx proximal strength (with --algorithm=fedprox).',
                            fedml=('train_args.mu',), check=_at_least(0.0))
@@ -487,6 +527,10 @@ def validate(config: TrainConfig) -> None:
     raise UserError('--executor=remote needs --topology=<file>; start a '
                     'cluster with `python -m workers.local_cluster '
                     '--topology_out=topology.yaml` or write one')
+  if config.aggregator != 'mean' and config.task == 'movielens':
+    raise UserError(f'--aggregator={config.aggregator} is not available for '
+                    '--task=movielens (Federated Reconstruction has its own '
+                    'aggregation); use --aggregator=mean')
   if config.num_clients and config.clients_per_round > config.num_clients:
     raise UserError(
         f'--clients_per_round={config.clients_per_round} is greater than '

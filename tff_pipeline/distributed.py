@@ -58,6 +58,8 @@ class RoundReport:
   pod_bytes_sent: int = 0  # Edge servers -> pods (summed over servers).
   pod_bytes_received: int = 0
   attempts: int = 1
+  # Secure rounds: the clients whose updates the sum holds (survivors).
+  participants: Optional[list[str]] = None
   pod_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
   def network(self) -> dict[str, int]:
@@ -109,6 +111,8 @@ class ClusterView:
   manifest: shards.Manifest  # All clients; shard_dir '.' (pod-relative).
   pod_of: dict[str, str]  # client id -> pod
   server_of: dict[str, str]  # pod -> edge server
+  # client id -> hex X25519 public key (SecAgg), from the pods.
+  public_keys: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _same_dataset(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -132,6 +136,7 @@ class Cluster:
     """
     pod_of: dict[str, str] = {}
     server_of: dict[str, str] = {}
+    public_keys: dict[str, str] = {}
     clients: list[shards.ShardInfo] = []
     reference = None
     for server in self.servers:
@@ -165,13 +170,14 @@ class Cluster:
                 'must live on exactly one pod')
           pod_of[info.client_id] = pod['name']
           clients.append(info)
+        public_keys.update(pod.get('public_keys') or {})
     if reference is None or not clients:
       raise ClusterError('the pods of the topology hold no clients')
     # Manifest order is client-id order, the same as a local run's manifest.
     clients.sort(key=lambda info: info.client_id)
     manifest = dataclasses.replace(reference[2], clients=tuple(clients),
                                    eval=None)
-    return ClusterView(manifest, pod_of, server_of)
+    return ClusterView(manifest, pod_of, server_of, public_keys)
 
   def close(self) -> None:
     for server in self.servers:
@@ -194,7 +200,21 @@ class DistributedRound:
   def __init__(self, cluster: Cluster, view: ClusterView, comp,
                merge_executor: executor_client.ExecutorClient,
                round_timeout: Optional[float] = None, retries: int = 3,
-               retry_wait: float = 5.0):
+               retry_wait: float = 5.0, stages=None):
+    """Compiles `comp` for the cluster.
+
+    Args:
+      cluster: The edge servers.
+      view: Where each client lives.
+      comp: The round computation.
+      merge_executor: Where partials from edge servers are merged.
+      round_timeout: Seconds per pod call (None: no limit).
+      retries: Attempts after one where no edge server succeeded.
+      retry_wait: Seconds between attempts.
+      stages: Optional `(up_to_merge, merge)` to run instead of `comp`'s
+        mergeable form (`merged()` then returns the merged partial; `comp`
+        is not called).
+    """
     self._cluster = cluster
     self._view = view
     self._comp = comp
@@ -202,10 +222,15 @@ class DistributedRound:
     self._timeout = round_timeout or None
     self._retries = retries
     self._retry_wait = retry_wait
-    form = mergeable_comp_compiler.compile_to_mergeable_comp_form(comp)
-    self._after_merge = form.after_merge
-    up_to_merge = compiler.desugar_and_transform_to_native(form.up_to_merge)
-    merge = compiler.desugar_and_transform_to_native(form.merge)
+    if stages is None:
+      form = mergeable_comp_compiler.compile_to_mergeable_comp_form(comp)
+      self._after_merge = form.after_merge
+      up_to_merge_comp, merge_comp = form.up_to_merge, form.merge
+    else:
+      self._after_merge = None
+      up_to_merge_comp, merge_comp = stages
+    up_to_merge = compiler.desugar_and_transform_to_native(up_to_merge_comp)
+    merge = compiler.desugar_and_transform_to_native(merge_comp)
     self._up_to_merge, _ = value_serialization.serialize_value(
         up_to_merge, up_to_merge.type_signature)
     self._merge, _ = value_serialization.serialize_value(
@@ -214,8 +239,8 @@ class DistributedRound:
     self._merge_key = _function_key(self._merge)
     self._functions = {self._up_key: self._up_to_merge.SerializeToString(),
                        self._merge_key: self._merge.SerializeToString()}
-    self._partial_type = form.merge.type_signature.result
-    parameter = form.up_to_merge.type_signature.parameter
+    self._partial_type = merge_comp.type_signature.result
+    parameter = up_to_merge_comp.type_signature.parameter
     if not isinstance(parameter, computation_types.StructType):
       raise ValueError(f'expected a struct parameter, got {parameter}')
     self._elements = [(name or '', type_spec)
@@ -241,14 +266,15 @@ class DistributedRound:
       ClusterError: a client is not in the cluster or was misrouted, or no
         edge server succeeded after all retries.
     """
-    missing = [c for c in client_ids if c not in self._view.pod_of]
-    if missing:
-      raise ClusterError(f'clients {missing[:5]} are on no pod of the cluster')
+    if self._after_merge is None:
+      raise TypeError('a DistributedRound built from stages has no `next`; '
+                      'use fan_out() and merge()')
+    self.check_routable(client_ids)
     report = RoundReport(failures=[])
     failed_pods: set[str] = set()
     for attempt in range(1, self._retries + 2):
       report.attempts = attempt
-      partials = self._fan_out(args, client_ids, failed_pods, report)
+      partials = self.fan_out(args, client_ids, failed_pods, report)
       if partials:
         break
       if attempt <= self._retries:
@@ -263,10 +289,7 @@ class DistributedRound:
       raise ClusterError(
           f'round failed on every edge server after {self._retries + 1} '
           f'attempts: {"; ".join(causes)}; check that the pods are running')
-    merged = executor_client.merge_all(self._merge_executor, self._merge_key,
-                                       self._merge, partials)
-    merged_value, _ = value_serialization.deserialize_value(
-        merged, self._partial_type)
+    merged_value = self.merge(partials)
     arg = structure.Struct([(name, value) for (name, _), value
                             in zip(self._elements, args)])
     context = context_stack_impl.context_stack.current
@@ -275,10 +298,28 @@ class DistributedRound:
     return (type_conversions.type_to_py_container(
         result, self._comp.type_signature.result), report)
 
-  def _fan_out(self, args: Sequence[Any], client_ids: Sequence[str],
-               skip_pods: set[str], report: RoundReport
-               ) -> list[executor_pb2.Value]:
-    """One attempt: every edge server with clients; returns the partials."""
+  def merge(self, partials: list[executor_pb2.Value]) -> Any:
+    """Folds `merge` over edge-server partials; returns the Python value."""
+    merged = executor_client.merge_all(self._merge_executor, self._merge_key,
+                                       self._merge, partials)
+    value, _ = value_serialization.deserialize_value(merged, self._partial_type)
+    return value
+
+  def check_routable(self, client_ids: Sequence[str]) -> None:
+    missing = [c for c in client_ids if c not in self._view.pod_of]
+    if missing:
+      raise ClusterError(f'clients {missing[:5]} are on no pod of the cluster')
+
+  def fan_out(self, args: Sequence[Any], client_ids: Sequence[str],
+              skip_pods: set[str], report: RoundReport,
+              secagg: Optional[dict[str, Any]] = None
+              ) -> list[executor_pb2.Value]:
+    """One attempt: every edge server with clients; returns the partials.
+
+    Pods that fail (or all pods of a failed edge server) are added to
+    `skip_pods` and to `report.failures`. With `secagg` (tag, public keys,
+    layout), each pod first computes its clients' masks.
+    """
     positions: dict[str, list[int]] = {}
     for i, client in enumerate(client_ids):
       pod = self._view.pod_of[client]
@@ -307,6 +348,10 @@ class DistributedRound:
                              for name, t in self._elements],
                 'pods': {pod: len(indices) for pod, indices in pods.items()},
                 'timeout': self._timeout}
+      if secagg is not None:
+        header['secagg'] = dict(secagg, pod_clients={
+            pod: [client_ids[j] for j in indices]
+            for pod, indices in pods.items()})
       calls[server.spec.name] = self._pool.submit(self._run_on, server,
                                                   header, blobs)
     partials = []
@@ -328,6 +373,8 @@ class DistributedRound:
             'error': e.details(),
             'clients': [client_ids[j] for p in server.spec.pods
                         for j in positions.get(p.name, [])]})
+        skip_pods.update(p.name for p in server.spec.pods
+                         if p.name in positions)
         continue
       report.bytes_sent += sent
       report.bytes_received += received

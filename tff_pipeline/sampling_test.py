@@ -28,6 +28,21 @@ class SamplingTest(absltest.TestCase):
         counts[c] += 1
     # Each client expects 100 picks; binomial sd is about 9.5.
     self.assertLess(max(counts.values()), 150)
+
+  def test_poisson_sizes_vary_around_expected(self):
+    sizes = [len(sampling.sample_poisson(IDS, 10, 0, r)) for r in range(1, 501)]
+    self.assertGreater(len(set(sizes)), 5)  # Not a fixed size.
+    self.assertAlmostEqual(sum(sizes) / len(sizes), 10, delta=0.6)
+    self.assertEqual(sampling.sample_poisson(IDS, 10, 0, 3),
+                     sampling.sample_poisson(IDS, 10, 0, 3))
+
+  def test_poisson_each_client_with_its_probability(self):
+    counts = dict.fromkeys(IDS, 0)
+    for r in range(1, 1001):
+      for c in sampling.sample('poisson', IDS, 10, 0, r):
+        counts[c] += 1
+    self.assertLess(max(counts.values()), 150)
+    self.assertGreater(min(counts.values()), 50)
     self.assertGreater(min(counts.values()), 50)
 
   def test_rejects_impossible_requests(self):

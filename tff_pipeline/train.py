@@ -80,7 +80,8 @@ def main(argv: list[str]) -> int:
     logging.set_verbosity(logging.WARNING)
   try:
     config = config_from_flags()
-    print(f'training {config.task}/{config.model} with {config.algorithm}: '
+    print(f'training {config.task}/{config.model} with {config.algorithm} '
+          f'({config.aggregator} aggregation): '
           f'{config.num_clients or "all"} clients ({config.partition}), '
           f'{config.clients_per_round}/round, {config.rounds} rounds -> '
           f'{config.output_dir}', file=sys.stderr)
@@ -95,6 +96,14 @@ def main(argv: list[str]) -> int:
   print(f'done: eval accuracy {final["accuracy"]:.4f}, loss {final["loss"]:.4f} '
         f'after round {config.rounds}; {result.summary["wall_seconds"]:.0f}s; '
         f'results in {config.output_dir}', file=sys.stderr)
+  spent = result.summary.get('privacy')
+  if spent:
+    epsilon = spent['epsilon']
+    epsilon = f'{epsilon:.3f}' if isinstance(epsilon, float) else epsilon
+    print(f'privacy: ({epsilon}, {spent["delta"]})-DP after '
+          f'{spent["rounds"]} rounds at noise multiplier '
+          f'{spent["noise_multiplier"]:.3f} ({spent["accountant"]} accountant)',
+          file=sys.stderr)
   return 0
 
 

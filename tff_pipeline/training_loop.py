@@ -13,6 +13,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from data_prep import shards
+from tff_pipeline import aggregators
 from tff_pipeline import algorithms
 from tff_pipeline import checkpoint
 from tff_pipeline import client_data
@@ -20,9 +21,11 @@ from tff_pipeline import config as config_lib
 from tff_pipeline import distributed
 from tff_pipeline import evaluation
 from tff_pipeline import metrics_io
+from tff_pipeline import privacy
 from tff_pipeline import progress as progress_lib
 from tff_pipeline import runtime
 from tff_pipeline import sampling
+from tff_pipeline import secure_round
 from tff_pipeline import tasks
 from tff_pipeline.config import TrainConfig
 from tff_pipeline.errors import UserError
@@ -126,15 +129,51 @@ class _RemoteSetup:
                eval_task)
 
   def round_runner(self, process, config: TrainConfig):
-    """(state, keys, sampled ids) -> (process output, RoundReport)."""
+    """(state, keys, sampled ids, round) -> (process output, RoundReport)."""
     merger = executor_client.ExecutorClient(runtime.local_worker().target)
+    if aggregators.is_secure(config):
+      # Masks are read relative to each pod executor's working directory.
+      form = secure_round.SecureForm(process.next,
+                                     len(self.view.manifest.clients), '.')
+      return secure_round.RemoteSecureRound(
+          self.cluster, self.view, form, merger,
+          round_timeout=config.round_timeout, retries=config.round_retries)
     distributed_next = distributed.DistributedRound(
         self.cluster, self.view, process.next, merger,
         round_timeout=config.round_timeout, retries=config.round_retries)
-    return lambda state, keys, sampled: distributed_next((state, keys), sampled)
+    return lambda state, keys, sampled, round_num: distributed_next(
+        (state, keys), sampled)
 
   def close(self) -> None:
     self.cluster.close()
+
+
+def _clip_norm(metrics: Any) -> Optional[float]:
+  """The DP clip used this round (adaptive clipping moves it)."""
+  query = (metrics.get('aggregator') or {}).get('dp_query_metrics') or {}
+  return float(query['clip']) if 'clip' in query else None
+
+
+class _PrivacyReport:
+  """Epsilon spent after each round, for DP aggregators."""
+
+  def __init__(self, config: TrainConfig, population: int):
+    self._config = config
+    self._enabled = aggregators.is_private(config)
+    if self._enabled:
+      self._sampling = aggregators.sampling_of(config, population)
+      self.noise_multiplier = aggregators.noise_multiplier(config, population)
+
+  def after(self, rounds: int) -> Optional[dict[str, Any]]:
+    if not self._enabled:
+      return None
+    # Both accountants take well under a second per call.
+    spent = privacy.epsilon(self.noise_multiplier, self._sampling, rounds,
+                            self._config.delta)
+    spent = privacy.to_json_safe(spent)
+    spent['noise_multiplier'] = self.noise_multiplier
+    spent['rounds'] = rounds
+    return spent
 
 
 @dataclasses.dataclass
@@ -182,8 +221,16 @@ def run(config: TrainConfig,
                                                 config.eval_batch_size))
   if remote is not None:
     run_round = remote.round_runner(process, config)
+  elif aggregators.is_secure(config):
+    mask_root = os.path.join(config.output_dir, 'secagg_local')
+    os.makedirs(mask_root, exist_ok=True)
+    run_round = secure_round.LocalSecureRound(
+        secure_round.SecureForm(process.next, len(client_ids), mask_root),
+        mask_root)
   else:
-    run_round = lambda state, keys, sampled: (process.next(state, keys), None)
+    run_round = lambda state, keys, sampled, round_num: (
+        process.next(state, keys), None)
+  accountant = _PrivacyReport(config, len(client_ids))
   checkpoints = checkpoint.RoundCheckpoints(
       os.path.join(config.output_dir, CHECKPOINT_DIR), config.keep_checkpoints)
 
@@ -201,24 +248,40 @@ def run(config: TrainConfig,
   rows: list[dict[str, Any]] = []
   last_eval: Optional[dict[str, float]] = None
   for round_num in range(first_round, config.rounds + 1):
-    sampled = sampling.sample_clients(client_ids, config.clients_per_round,
-                                      config.seed, round_num)
+    sampled = sampling.sample(config.client_sampling, client_ids,
+                              config.clients_per_round, config.seed, round_num)
+    if not sampled:
+      # Poisson sampling drew nobody: nothing trains and nothing is released.
+      logging.warning('round %d: no client sampled; the model is unchanged',
+                      round_num)
+      sampled = []
     keys = [client_data.client_key(
         c, client_data.shuffle_seed(config.seed, round_num, c)) for c in sampled]
     start = time.monotonic()
-    output, report = run_round(state, keys, sampled)
+    if sampled:
+      output, report = run_round(state, keys, sampled, round_num)
+      state = output.state
+      train = _train_metrics(output.metrics)
+    else:
+      report, train = None, {}
     round_seconds = time.monotonic() - start
-    state = output.state
     row: dict[str, Any] = {
         'round': round_num,
         'round_seconds': round_seconds,
         'clients': sampled,
-        'train': _train_metrics(output.metrics),
+        'train': train,
     }
     if report is not None:
       row['failures'] = report.failures
       row['network'] = report.network()
       row['pod_seconds'] = report.pod_seconds
+      if report.participants is not None:
+        row['participants'] = report.participants
+    if sampled and aggregators.is_private(config):
+      row['clip'] = _clip_norm(output.metrics) or config.clip
+    privacy_row = accountant.after(round_num)
+    if privacy_row is not None:
+      row['privacy'] = privacy_row
     due = config.eval_every and round_num % config.eval_every == 0
     if due or round_num == config.rounds:
       eval_start = time.monotonic()
@@ -256,5 +319,8 @@ def run(config: TrainConfig,
                              max(1, len(all_rows))),
       'resumed_from_round': first_round - 1 if config.resume else None,
   }
+  privacy_row = accountant.after(config.rounds)
+  if privacy_row is not None:
+    summary['privacy'] = privacy_row
   metrics_io.write_summary(config.output_dir, summary)
   return RunResult(state=state, rows=rows, summary=summary)

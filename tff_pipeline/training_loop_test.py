@@ -54,6 +54,28 @@ class TrainingLoopTest(absltest.TestCase):
     self.assertAlmostEqual(full.summary['final_eval']['accuracy'],
                            resumed.summary['final_eval']['accuracy'], places=4)
 
+  def test_dp_rows_report_epsilon_spent_so_far(self):
+    result = training_loop.run(self._config(
+        'dp', aggregator='dp_adaptive', client_sampling='poisson',
+        clients_per_round=4, noise_multiplier=0.8, rounds=3))
+    spent = [r['privacy'] for r in result.rows]
+    self.assertEqual([p['rounds'] for p in spent], [1, 2, 3])
+    epsilons = [p['epsilon'] for p in spent]
+    self.assertEqual(epsilons, sorted(epsilons))
+    self.assertLess(epsilons[0], epsilons[-1])
+    self.assertEqual(spent[-1]['delta'], 1e-5)
+    self.assertEqual(result.summary['privacy'], spent[-1])
+    for row in result.rows:
+      self.assertGreater(row['clip'], 0)
+
+  def test_secagg_trains_locally(self):
+    result = training_loop.run(self._config('secagg', aggregator='secagg',
+                                            rounds=2))
+    before = result.rows[0]['train']['loss']
+    self.assertTrue(np.isfinite(before))
+    self.assertNotIn('privacy', result.rows[0])
+    self.assertGreater(result.summary['final_eval']['accuracy'], 0.2)
+
   def test_eval_rows_and_learning(self):
     result = training_loop.run(self._config('eval', rounds=4, eval_every=2))
     self.assertEqual([('eval' in r) for r in result.rows],

@@ -10,7 +10,11 @@ read `clients/<id>.tfrecord` relative to it. Only client keys, model weights
 and partial aggregates cross the network.
 
 HTTP on --health_port: /healthz (the executor process is up), /readyz (it
-answers gRPC), /manifest (this pod's manifest.json, for the edge server).
+answers gRPC), /manifest (this pod's manifest.json and its clients' SecAgg
+public keys, for the edge server), and POST /control/secagg/masks (writes
+this round's SecAgg masks of the named clients under
+`<data_dir>/secagg/<tag>/`, where the round computation reads them). The
+SecAgg secret (--secagg_key_file) never leaves the pod.
 SIGTERM stops the executor and exits 0. The executor dies with this process
 (PR_SET_PDEATHSIG), so a killed pod leaves no orphan; if the executor alone
 dies, it is restarted on the same port.
@@ -35,6 +39,7 @@ from absl import logging
 from data_prep import manifest as manifest_lib
 from data_prep.errors import DataPrepError
 from workers import health
+from workers import secagg_masks
 from workers import worker_process
 
 _PORT = flags.DEFINE_integer('port', 8000, 'Port of the TFF executor service.')
@@ -52,17 +57,26 @@ _MAX_CALLS = flags.DEFINE_integer(
     'Cap on concurrent computations in the executor (-1: no cap).')
 _VERIFY = flags.DEFINE_bool('verify_shards', True,
                             'Check every shard sha256 at start.')
+_SECAGG_KEY_FILE = flags.DEFINE_string(
+    'secagg_key_file', '', "This pod's 32-byte SecAgg secret (e.g. a mounted "
+    'K8s Secret). Empty: <data_dir>/secagg.key, created on first start.')
 
 
 class EdgePod:
   """The executor service of one pod, kept alive, plus its health endpoint."""
 
   def __init__(self, name: str, data_dir: str, port: int, health_port: int,
-               threads: int = 1, max_calls: int = -1, verify: bool = True):
+               threads: int = 1, max_calls: int = -1, verify: bool = True,
+               secagg_key_file: str = ''):
     self.name = name
     self.manifest = manifest_lib.load_manifest(data_dir)
     if verify:
       manifest_lib.verify_shards(self.manifest)
+    self._keys = secagg_masks.PodKeys(
+        secagg_masks.load_or_create_secret(
+            secagg_key_file or os.path.join(self.manifest.shard_dir,
+                                            'secagg.key')),
+        self.manifest.client_ids())
     with open(os.path.join(self.manifest.shard_dir, manifest_lib.MANIFEST_FILE),
               encoding='utf-8') as f:
       self._manifest_raw = json.load(f)
@@ -74,8 +88,9 @@ class EdgePod:
         '/healthz': self._healthz,
         '/readyz': self._readyz,
         '/manifest': lambda: (200, {'pod': self.name,
-                                    'manifest': self._manifest_raw}),
-    })
+                                    'manifest': self._manifest_raw,
+                                    'public_keys': self._keys.public_keys}),
+    }, post_routes={'/control/secagg/masks': self._secagg_masks})
     self._stopping = threading.Event()
     self.restarts = 0
 
@@ -88,6 +103,16 @@ class EdgePod:
     ready = self._worker.ready()
     return (200 if ready else 503), {'pod': self.name, 'ready': ready,
                                      'clients': len(self.manifest.clients)}
+
+  def _secagg_masks(self, request):
+    start = time.monotonic()
+    try:
+      reply = self._keys.prepare_round(self.manifest.shard_dir, request)
+    except secagg_masks.SecAggError as e:
+      logging.warning('%s: SecAgg mask request refused: %s', self.name, e)
+      return 409, {'error': str(e)}
+    reply['seconds'] = time.monotonic() - start
+    return 200, reply
 
   def start(self) -> 'EdgePod':
     self._worker.start()
@@ -127,9 +152,10 @@ def main(argv: list[str]) -> int:
   try:
     pod = EdgePod(_NAME.value, _DATA_DIR.value, _PORT.value,
                   _HEALTH_PORT.value, _THREADS.value, _MAX_CALLS.value,
-                  _VERIFY.value)
+                  _VERIFY.value, _SECAGG_KEY_FILE.value)
     pod.start()
-  except (DataPrepError, worker_process.WorkerStartError, OSError) as e:
+  except (DataPrepError, worker_process.WorkerStartError, OSError,
+          secagg_masks.SecAggError) as e:
     print(f'error: edge pod {_NAME.value}: {e}', file=sys.stderr)
     return 2
 

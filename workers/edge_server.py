@@ -13,7 +13,9 @@ left out of the merge and reported in the reply.
 gRPC service `tff_edge.EdgeServer` (messages: workers.wire):
   Describe  -> each pod's manifest (which clients it holds)
   Prepare   -> caches computations by key
-  Run       -> one merged partial plus failures and byte counts
+  Run       -> one merged partial plus failures and byte counts; for a
+               secure round (header `secagg`), each pod first writes its
+               clients' masks (POST /control/secagg/masks on the pod)
 HTTP on --health_port: /healthz, /readyz.
 """
 
@@ -114,6 +116,7 @@ class EdgeServer:
         if status != 200:
           raise OSError(f'HTTP {status}: {body}')
         entry['manifest'] = body['manifest']
+        entry['public_keys'] = body.get('public_keys') or {}
       except (OSError, ValueError, KeyError, TypeError) as e:
         entry['error'] = f'{pod.name} at {pod.health}: {e}'
       pods.append(entry)
@@ -138,6 +141,27 @@ class EdgeServer:
       raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
                    f'unknown computation {key}; send Prepare first')
     return value
+
+  def _prepare_masks(self, pod: str, secagg: dict[str, Any],
+                     timeout: Optional[float]) -> None:
+    """Has `pod` write its clients' masks for the round; raises on failure."""
+    try:
+      request = {'tag': secagg['tag'], 'layout': secagg['layout'],
+                 'public_keys': secagg['public_keys'],
+                 'clients': secagg['pod_clients'][pod]}
+    except KeyError as e:
+      raise _bad_request(f'Run: secagg header lacks {e}') from None
+    address = self._pods[pod].health
+    try:
+      status, body = health.post_json(address, '/control/secagg/masks',
+                                      request, timeout=timeout or 600.0)
+    except OSError as e:
+      raise executor_client.ExecutorError(
+          address, 'unavailable', f'SecAgg masks: {e}') from None
+    if status != 200:
+      raise executor_client.ExecutorError(
+          address, 'error', f'SecAgg masks: HTTP {status}: '
+          f'{(body or {}).get("error", body)}')
 
   def run(self, header: dict[str, Any], blobs: dict[str, bytes]):
     """Runs up_to_merge on the named pods and merges their partials."""
@@ -164,9 +188,13 @@ class EdgeServer:
         parts.append((name, value))
       return executor_client.struct_value(parts)
 
+    secagg = header.get('secagg')
+
     def run_pod(pod: str):
       with (self._slots.hold() if self._slots else contextlib.nullcontext()):
         start = time.monotonic()
+        if secagg is not None:
+          self._prepare_masks(pod, secagg, timeout)
         arg = argument(pod)
         result = self._clients[pod].run(up_key, up_to_merge, arg,
                                         pod_clients[pod], timeout)

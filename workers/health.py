@@ -1,4 +1,4 @@
-"""A tiny HTTP endpoint for liveness, readiness and status (K8s probes)."""
+"""A tiny HTTP endpoint for liveness, readiness, status and control calls."""
 
 from __future__ import annotations
 
@@ -7,17 +7,22 @@ import json
 import threading
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 # path -> () -> (HTTP status, JSON-able body)
 Route = Callable[[], tuple[int, Any]]
+# path -> (parsed JSON request body) -> (HTTP status, JSON-able body)
+PostRoute = Callable[[Any], tuple[int, Any]]
+_MAX_POST_BYTES = 64 << 20
 
 
 class HealthServer:
-  """Serves GET routes as JSON on `port`, in a daemon thread."""
+  """Serves GET (and POST) routes as JSON on `port`, in a daemon thread."""
 
-  def __init__(self, port: int, routes: dict[str, Route], host: str = ''):
+  def __init__(self, port: int, routes: dict[str, Route], host: str = '',
+               post_routes: Optional[dict[str, PostRoute]] = None):
     routes = dict(routes)
+    post_routes = dict(post_routes or {})
 
     class Handler(http.server.BaseHTTPRequestHandler):
 
@@ -31,6 +36,26 @@ class HealthServer:
             status, body = route()
           except Exception as e:  # pylint: disable=broad-except
             status, body = 500, {'error': str(e)}
+        self._reply(status, body)
+
+      def do_POST(self):  # pylint: disable=invalid-name
+        route = post_routes.get(self.path.split('?', 1)[0])
+        length = int(self.headers.get('Content-Length') or 0)
+        if route is None:
+          status, body = 404, {'error': f'no POST route {self.path}'}
+        elif length > _MAX_POST_BYTES:
+          status, body = 413, {'error': f'body over {_MAX_POST_BYTES} bytes'}
+        else:
+          try:
+            request = json.loads(self.rfile.read(length) or b'null')
+            status, body = route(request)
+          except ValueError as e:
+            status, body = 400, {'error': str(e)}
+          except Exception as e:  # pylint: disable=broad-except
+            status, body = 500, {'error': str(e)}
+        self._reply(status, body)
+
+      def _reply(self, status: int, body: Any) -> None:
         data = json.dumps(body).encode('utf-8')
         self.send_response(status)
         self.send_header('Content-Type', 'application/json')
@@ -61,6 +86,19 @@ def get_json(address: str, path: str, timeout: float = 5.0) -> tuple[int, Any]:
   try:
     with urllib.request.urlopen(f'http://{address}{path}',
                                 timeout=timeout) as response:
+      return response.status, json.loads(response.read())
+  except urllib.error.HTTPError as e:
+    return e.code, json.loads(e.read() or b'null')
+
+
+def post_json(address: str, path: str, body: Any,
+              timeout: float = 60.0) -> tuple[int, Any]:
+  """POSTs JSON to http://address/path; returns (status, parsed body)."""
+  request = urllib.request.Request(
+      f'http://{address}{path}', data=json.dumps(body).encode('utf-8'),
+      headers={'Content-Type': 'application/json'}, method='POST')
+  try:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
       return response.status, json.loads(response.read())
   except urllib.error.HTTPError as e:
     return e.code, json.loads(e.read() or b'null')

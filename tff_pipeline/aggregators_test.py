@@ -1,0 +1,77 @@
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+# pylint: disable=g-import-not-at-top
+from absl.testing import absltest
+import numpy as np
+import tensorflow_federated as tff
+
+from tff_pipeline import aggregators
+from tff_pipeline import config as config_lib
+from tff_pipeline import privacy
+from tff_pipeline.errors import UserError
+
+_VALUE_TYPE = tff.StructWithPythonType(
+    [tff.TensorType(np.float32, [10])], list)
+
+
+def _config(**values) -> config_lib.TrainConfig:
+  return config_lib.resolve({}, dict(values))
+
+
+class AggregatorsTest(absltest.TestCase):
+
+  def test_mean_is_tffs_weighted_default(self):
+    self.assertIsNone(aggregators.build(_config(), 100))
+
+  def test_every_aggregator_builds_a_process(self):
+    for name in ('secagg', 'dp_fixed', 'dp_adaptive', 'secagg_dp'):
+      with self.subTest(name):
+        factory = aggregators.build(
+            _config(aggregator=name, clients_per_round=5), 100)
+        self.assertIsInstance(factory,
+                              tff.aggregators.UnweightedAggregationFactory)
+        process = factory.create(_VALUE_TYPE)
+        text = process.next.to_building_block().compact_representation()
+        self.assertEqual('federated_secure_sum_bitwidth' in text,
+                         name in aggregators.SECURE)
+
+  def test_kinds(self):
+    self.assertTrue(aggregators.is_secure(_config(aggregator='secagg_dp')))
+    self.assertTrue(aggregators.is_private(_config(aggregator='secagg_dp')))
+    self.assertFalse(aggregators.is_private(_config(aggregator='secagg')))
+    self.assertFalse(aggregators.is_secure(_config(aggregator='dp_adaptive')))
+
+  def test_target_epsilon_calibrates_the_noise(self):
+    config = _config(aggregator='dp_fixed', target_epsilon=4.0, rounds=50,
+                     clients_per_round=10, client_sampling='poisson')
+    z = aggregators.noise_multiplier(config, 1000)
+    self.assertNotEqual(z, config.noise_multiplier)
+    sampling = aggregators.sampling_of(config, 1000)
+    self.assertEqual(sampling.kind, 'poisson')
+    spent = privacy.epsilon(z, sampling, 50, config.delta)
+    self.assertLessEqual(spent['epsilon_rdp'], 4.0)
+    self.assertGreater(privacy.epsilon(z * 0.9, sampling, 50,
+                                       config.delta)['epsilon_rdp'], 4.0)
+
+  def test_without_target_the_flag_is_used(self):
+    config = _config(aggregator='dp_fixed', noise_multiplier=0.7)
+    self.assertEqual(aggregators.noise_multiplier(config, 100), 0.7)
+    self.assertEqual(aggregators.sampling_of(config, 100).kind, 'fixed')
+
+  def test_bad_values_are_user_errors(self):
+    for values, flag in (({'aggregator': 'secure'}, '--aggregator'),
+                         ({'clip': 0}, '--clip'),
+                         ({'secagg_bits': 60}, '--secagg_bits'),
+                         ({'delta': 1.5}, '--delta'),
+                         ({'client_sampling': 'random'}, '--client_sampling'),
+                         ({'task': 'movielens', 'aggregator': 'secagg'},
+                          '--aggregator=secagg')):
+      with self.subTest(flag):
+        with self.assertRaisesRegex(UserError, flag):
+          _config(**values)
+
+
+if __name__ == '__main__':
+  absltest.main()
