@@ -16,10 +16,15 @@ import time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 # pylint: disable=g-import-not-at-top
+import subprocess
+import sys
+
 from absl import flags
 from absl.testing import absltest
+import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow_federated.proto.v0 import executor_pb2
 
 from tests import testutil
 from tff_pipeline import config as config_lib
@@ -32,8 +37,13 @@ from tff_pipeline import runtime
 from tff_pipeline import secure_round
 from tff_pipeline import tasks
 from tff_pipeline import training_loop
+from workers import certs
 from workers import executor_client
+from workers import health
 from workers import local_cluster
+from workers import netns
+from workers import tls
+from workers import wire
 
 _DATA = dict(num_clients=20, partition='iid', seed=3)
 _PODS, _EDGE_SERVERS = 10, 2
@@ -83,7 +93,8 @@ class DistributedEndToEndTest(absltest.TestCase):
     topology = self.cluster.topology
     self.assertLen(topology.edge_servers, _EDGE_SERVERS)
     self.assertLen(topology.pods, _PODS)
-    cluster = distributed.Cluster(topology)
+    cluster = distributed.Cluster(topology, tls.TlsFiles.from_dir(
+        topology.tls_dir, 'coordinator') if topology.tls_dir else None)
     view = cluster.describe()
     cluster.close()
     self.assertLen(view.pod_of, _DATA['num_clients'])
@@ -190,10 +201,14 @@ class DistributedEndToEndTest(absltest.TestCase):
     # One pod's reply to its edge server, as the edge server gets it.
     pod = self.cluster.topology.pods[0]
     pod_clients = [c for c in sampled if setup.view.pod_of[c] == pod.name]
-    from workers import health  # pylint: disable=g-import-not-at-top
-    status, body = health.post_json(pod.health, '/control/secagg/masks', {
+    # As its edge server calls it (through the pod's TLS terminator).
+    server = self.cluster.topology.edge_servers[0]
+    server_tls = tls.TlsFiles.from_dir(self.cluster.topology.tls_dir,
+                                       server.name)
+    status, body = tls.http_post_json(pod.address, '/control/secagg/masks', {
         'tag': tag, 'clients': pod_clients, 'layout': form.layout.to_json(),
-        'public_keys': secagg['public_keys']})
+        'public_keys': secagg['public_keys']}, server_tls, timeout=60,
+                                      server_name=pod.name)
     self.assertEqual(status, 200, body)
     pod_round = runner._up_to_merge  # pylint: disable=protected-access
     arg = executor_client.struct_value([
@@ -204,8 +219,9 @@ class DistributedEndToEndTest(absltest.TestCase):
             form.pod_round.type_signature.parameter[1])[0]),
         ('', value_serialization.serialize_value(
             tag, form.pod_round.type_signature.parameter[2])[0])])
-    reply = executor_client.ExecutorClient(pod.address).run(
-        'pod-round', pod_round, arg, len(pod_clients))
+    reply = executor_client.ExecutorClient(pod.address, tls.grpc_channel(
+        pod.address, server_tls, server_name=pod.name)).run(
+            'pod-round', pod_round, arg, len(pod_clients))
     value, _ = value_serialization.deserialize_value(
         executor_client.unplaced(reply), form.partial_type)
     kernel = np.ravel(value[1][0]).astype(np.float64) / modulus
@@ -250,14 +266,77 @@ class DistributedEndToEndTest(absltest.TestCase):
                     strict=True):
       np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
+  def test_every_channel_is_mutual_tls_and_no_plaintext_port_is_reachable(self):
+    topology = self.cluster.topology
+    self.assertTrue(self.cluster.use_tls, 'nginx missing? run ./setup.sh')
+    self.assertIsNotNone(topology.tls_dir)
+    pod, server = topology.pods[0], topology.edge_servers[0]
+    stranger_dir = os.path.join(tempfile.mkdtemp(), 'certs')
+    certs.write_bundle(stranger_dir, ['coordinator'])
+    ours = tls.TlsFiles.from_dir(topology.tls_dir, 'coordinator')
+    # Someone else's CA, and a caller that trusts ours but has no cert of it.
+    stranger = tls.TlsFiles(ours.ca, os.path.join(stranger_dir,
+                                                  'coordinator.crt'),
+                            os.path.join(stranger_dir, 'coordinator.key'))
+    describe = lambda channel: channel.unary_unary(
+        '/tff_edge.EdgeServer/Describe')(wire.pack({}), timeout=30)
+    header, _ = wire.unpack(describe(tls.grpc_channel(
+        server.address, ours, server_name=server.name)))
+    self.assertLen(header['pods'], len(server.pods))
+    for channel in (tls.grpc_channel(server.address, stranger,
+                                     server_name=server.name),
+                    grpc.insecure_channel(server.address)):
+      with self.assertRaises(grpc.RpcError):
+        describe(channel)
+    # Pods: the terminator refuses callers without a cluster certificate.
+    pod_tls = tls.TlsFiles.from_dir(topology.tls_dir, server.name)
+    status, _ = tls.http_get_json(pod.address, '/control/manifest', pod_tls,
+                                  server_name=pod.name)
+    self.assertEqual(status, 200)
+    status, _ = tls.http_get_json(pod.address, '/control/manifest', stranger,
+                                  server_name=pod.name)
+    self.assertEqual(status, 403)
+    for channel in (tls.grpc_channel(pod.address, stranger,
+                                     server_name=pod.name),
+                    grpc.insecure_channel(pod.address)):
+      client = executor_client.ExecutorClient(pod.address, channel)
+      with self.assertRaises(executor_client.ExecutorError):
+        client.run('f', executor_pb2.Value(), None, 1, timeout=20)
+    self.assertEqual(health.get_json(pod.health, '/manifest')[0], 404)
+    if not self.cluster.use_netns:
+      return
+    # From another node's namespace: the executor's plaintext port is not on
+    # the pod's address, and its private namespace cannot be routed to.
+    pod_ip = pod.address.rsplit(':', 1)[0]
+    other = self.cluster.namespace_of(server.name)
+    probe = ('import socket,sys\n'
+             's=socket.socket();s.settimeout(3)\n'
+             'try:\n s.connect((sys.argv[1],int(sys.argv[2])));print("open")\n'
+             'except OSError as e:\n print(type(e).__name__)\n')
+    def reach(host, port):
+      return subprocess.run(
+          ['ip', 'netns', 'exec', other, sys.executable, '-c', probe, host,
+           str(port)], capture_output=True, text=True, check=True
+      ).stdout.strip()
+    executor_port = local_cluster._POD_EXECUTOR_PORT  # pylint: disable=protected-access
+    self.assertEqual(reach(pod_ip, pod.address.rsplit(':', 1)[1]), 'open')
+    self.assertEqual(reach(pod_ip, executor_port), 'ConnectionRefusedError')
+    inner = netns.Network.PRIVATE_INNER
+    self.assertNotEqual(reach(inner, executor_port), 'open')
+    subprocess.run(['ip', '-n', other, 'route', 'add', f'{inner}/32', 'via',
+                    pod_ip], check=True)
+    try:  # Even told to go through the pod: it does not forward.
+      self.assertNotEqual(reach(inner, executor_port), 'open')
+    finally:
+      subprocess.run(['ip', '-n', other, 'route', 'del', f'{inner}/32'],
+                     check=False)
+
   def _start_training(self, config: config_lib.TrainConfig):
     args = [f'--{k}={v}' for k, v in config_lib.to_dict(config).items()
             if k in ('executor', 'topology', 'num_clients', 'partition',
                      'seed', 'model', 'clients_per_round', 'rounds',
                      'eval_every', 'output_dir', 'round_timeout')]
     env = dict(os.environ, PYTHONPATH=testutil.REPO_ROOT)
-    import subprocess  # pylint: disable=g-import-not-at-top
-    import sys  # pylint: disable=g-import-not-at-top
     return subprocess.Popen(
         [sys.executable, '-m', 'tff_pipeline.train', '--progress=false',
          *args], cwd=testutil.REPO_ROOT, env=env, stdout=subprocess.PIPE,

@@ -220,6 +220,11 @@ class TrainConfig:
       'With --executor=remote: the topology YAML (edge servers, their pods, '
       'eval_data); `python -m workers.local_cluster` writes one.',
       fedml=('comm_args.grpc_ipconfig_path',))
+  tls_dir: str = _opt(
+      '', 'comm_args',
+      'With --executor=remote: folder with ca.crt, coordinator.crt and '
+      'coordinator.key for mutual TLS to the edge servers (empty: the '
+      "topology's tls_dir; none there: insecure channels).")
   round_timeout: float = _opt(
       0.0, 'device_args',
       'With --executor=remote: seconds a pod may take for its part of a '

@@ -33,9 +33,9 @@ from tensorflow_federated.python.core.impl.types import type_conversions
 from data_prep import shards
 from tff_pipeline.errors import UserError
 from workers import executor_client
+from workers import tls as tls_lib
 from workers import topology as topology_lib
 from workers import wire
-from workers import worker_process
 
 _SERVICE = '/tff_edge.EdgeServer/'
 # Edge-server errors worth retrying without it; others are bugs to surface.
@@ -73,10 +73,12 @@ class RoundReport:
 class EdgeServerClient:
   """Calls one edge server; counts bytes on the wire."""
 
-  def __init__(self, spec: topology_lib.EdgeServer):
+  def __init__(self, spec: topology_lib.EdgeServer,
+               tls: Optional[tls_lib.TlsFiles] = None):
     self.spec = spec
-    self._channel = grpc.insecure_channel(spec.address,
-                                          worker_process.GRPC_CHANNEL_OPTIONS)
+    # The edge server's certificate names it, not its address.
+    self._channel = tls_lib.grpc_channel(spec.address, tls,
+                                         server_name=spec.name)
     self._prepared: set[str] = set()
 
   def call(self, method: str, header: dict[str, Any],
@@ -123,9 +125,10 @@ def _same_dataset(a: dict[str, Any], b: dict[str, Any]) -> bool:
 class Cluster:
   """The coordinator's view of the edge servers of a topology."""
 
-  def __init__(self, topology: topology_lib.Topology):
+  def __init__(self, topology: topology_lib.Topology,
+               tls: Optional[tls_lib.TlsFiles] = None):
     self.topology = topology
-    self.servers = [EdgeServerClient(s) for s in topology.edge_servers]
+    self.servers = [EdgeServerClient(s, tls) for s in topology.edge_servers]
 
   def describe(self, timeout: float = 60.0) -> ClusterView:
     """Asks every edge server which clients its pods hold.

@@ -30,6 +30,7 @@ from tff_pipeline import tasks
 from tff_pipeline.config import TrainConfig
 from tff_pipeline.errors import UserError
 from workers import executor_client
+from workers import tls as tls_lib
 from workers import topology as topology_lib
 
 CONFIG_FILE = 'config.json'
@@ -39,7 +40,7 @@ _RESUMABLE_CHANGES = frozenset(
     {'resume', 'progress', 'rounds', 'eval_every', 'eval_batch_size',
      'keep_checkpoints', 'output_dir',
      # Where rounds run does not change their result.
-     'executor', 'topology', 'round_timeout', 'round_retries'})
+     'executor', 'topology', 'tls_dir', 'round_timeout', 'round_retries'})
 
 
 def _check_output_dir(config: TrainConfig) -> None:
@@ -117,7 +118,9 @@ class _RemoteSetup:
       raise UserError(f'--task={config.task} evaluates federated on its '
                       'users\' own data, which --executor=remote does not '
                       'support yet; train it with --executor=local')
-    cluster = distributed.Cluster(topology)
+    tls_dir = config.tls_dir or topology.tls_dir
+    tls = tls_lib.TlsFiles.from_dir(tls_dir, 'coordinator') if tls_dir else None
+    cluster = distributed.Cluster(topology, tls)
     view = cluster.describe()
     if (view.manifest.task, view.manifest.features) != (
         eval_manifest.task, eval_manifest.features):

@@ -18,6 +18,15 @@ SecAgg secret (--secagg_key_file) never leaves the pod.
 SIGTERM stops the executor and exits 0. The executor dies with this process
 (PR_SET_PDEATHSIG), so a killed pod leaves no orphan; if the executor alone
 dies, it is restarted on the same port.
+
+With --tls_dir (mutual TLS): --port is an nginx TLS terminator that requires
+a client certificate from the cluster CA and forwards gRPC to the executor
+and /control/ (manifest, SecAgg masks) to a loopback-only HTTP server; the
+plain --health_port then serves only /healthz and /readyz (kubelet probes).
+The executor's plaintext port must not be reachable from outside: with
+--executor_netns it runs in a network namespace that only this pod can
+route to (workers.local_cluster); on Kubernetes the pod's NetworkPolicy
+admits only the TLS port.
 """
 
 from __future__ import annotations
@@ -26,8 +35,10 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
+from typing import Optional
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -38,8 +49,11 @@ from absl import logging
 
 from data_prep import manifest as manifest_lib
 from data_prep.errors import DataPrepError
+from tff_pipeline.errors import UserError
 from workers import health
 from workers import secagg_masks
+from workers import tls as tls_lib
+from workers import tls_terminator
 from workers import worker_process
 
 _PORT = flags.DEFINE_integer('port', 8000, 'Port of the TFF executor service.')
@@ -57,6 +71,20 @@ _MAX_CALLS = flags.DEFINE_integer(
     'Cap on concurrent computations in the executor (-1: no cap).')
 _VERIFY = flags.DEFINE_bool('verify_shards', True,
                             'Check every shard sha256 at start.')
+_TLS_DIR = flags.DEFINE_string(
+    'tls_dir', '', 'Folder with ca.crt and <name>.crt/.key: serve only '
+    'mutual TLS on --port (nginx in front of the executor).')
+_EXECUTOR_PORT = flags.DEFINE_integer(
+    'executor_port', 0, 'With --tls_dir: the plaintext executor port behind '
+    'the terminator (0: any free port).')
+_EXECUTOR_NETNS = flags.DEFINE_string(
+    'executor_netns', '', 'With --tls_dir: run the executor in this network '
+    'namespace (reachable only from this pod at --executor_host).')
+_EXECUTOR_HOST = flags.DEFINE_string(
+    'executor_host', '127.0.0.1', 'Where the terminator reaches the executor.')
+_RUN_DIR = flags.DEFINE_string(
+    'run_dir', '', "The terminator's config, pid and temp files (default: a "
+    'new temp dir).')
 _SECAGG_KEY_FILE = flags.DEFINE_string(
     'secagg_key_file', '', "This pod's 32-byte SecAgg secret (e.g. a mounted "
     'K8s Secret). Empty: <data_dir>/secagg.key, created on first start.')
@@ -67,7 +95,10 @@ class EdgePod:
 
   def __init__(self, name: str, data_dir: str, port: int, health_port: int,
                threads: int = 1, max_calls: int = -1, verify: bool = True,
-               secagg_key_file: str = ''):
+               secagg_key_file: str = '',
+               tls: Optional[tls_lib.TlsFiles] = None,
+               executor_port: int = 0, executor_netns: str = '',
+               executor_host: str = '127.0.0.1', run_dir: str = ''):
     self.name = name
     self.manifest = manifest_lib.load_manifest(data_dir)
     if verify:
@@ -81,16 +112,30 @@ class EdgePod:
               encoding='utf-8') as f:
       self._manifest_raw = json.load(f)
     self._worker = worker_process.WorkerProcess(
-        port=port, host='127.0.0.1', cwd=self.manifest.shard_dir,
+        port=(executor_port or None) if tls else port,
+        host=executor_host if tls else '127.0.0.1',
+        cwd=self.manifest.shard_dir,
         max_concurrent_computation_calls=max_calls, intra_op_threads=threads,
-        inter_op_threads=threads, log_path=worker_process.INHERIT_OUTPUT)
-    self._health = health.HealthServer(health_port, {
-        '/healthz': self._healthz,
-        '/readyz': self._readyz,
-        '/manifest': lambda: (200, {'pod': self.name,
-                                    'manifest': self._manifest_raw,
-                                    'public_keys': self._keys.public_keys}),
-    }, post_routes={'/control/secagg/masks': self._secagg_masks})
+        inter_op_threads=threads, log_path=worker_process.INHERIT_OUTPUT,
+        netns=executor_netns or None)
+    probes = {'/healthz': self._healthz, '/readyz': self._readyz}
+    control_get = {'/control/manifest': self._manifest}
+    control_post = {'/control/secagg/masks': self._secagg_masks}
+    self._terminator = None
+    self._control = None
+    if tls is None:
+      self._health = health.HealthServer(
+          health_port, {**probes, **control_get, '/manifest': self._manifest},
+          post_routes=control_post)
+    else:
+      # Control calls only through the terminator (client cert checked).
+      self._control = health.HealthServer(0, control_get, host='127.0.0.1',
+                                          post_routes=control_post)
+      self._health = health.HealthServer(health_port, probes)
+      self._terminator = tls_terminator.NginxTerminator(
+          port, tls, grpc_upstream=self._worker.target,
+          http_upstream=f'127.0.0.1:{self._control.port}',
+          run_dir=run_dir or tempfile.mkdtemp(prefix=f'{name}-tls-'))
     self._stopping = threading.Event()
     self.restarts = 0
 
@@ -104,6 +149,10 @@ class EdgePod:
     return (200 if ready else 503), {'pod': self.name, 'ready': ready,
                                      'clients': len(self.manifest.clients)}
 
+  def _manifest(self):
+    return 200, {'pod': self.name, 'manifest': self._manifest_raw,
+                 'public_keys': self._keys.public_keys}
+
   def _secagg_masks(self, request):
     start = time.monotonic()
     try:
@@ -116,10 +165,15 @@ class EdgePod:
 
   def start(self) -> 'EdgePod':
     self._worker.start()
+    if self._terminator is not None:
+      self._control.start()
+      self._terminator.start()
     self._health.start()
-    logging.info('%s: serving %d clients from %s; executor on :%d, health on '
-                 ':%d', self.name, len(self.manifest.clients),
-                 self.manifest.shard_dir, self._worker.port, self._health.port)
+    logging.info('%s: serving %d clients from %s; executor on %s%s, health '
+                 'on :%d', self.name, len(self.manifest.clients),
+                 self.manifest.shard_dir, self._worker.target,
+                 f' behind mutual TLS on :{self._terminator.port}'
+                 if self._terminator else '', self._health.port)
     return self
 
   def supervise(self, poll: float = 0.5) -> None:
@@ -134,9 +188,19 @@ class EdgePod:
         except worker_process.WorkerStartError as e:
           logging.error('%s: %s', self.name, e)
           time.sleep(2)
+      if self._terminator is not None and not self._terminator.alive():
+        logging.warning('%s: TLS terminator exited; restarting', self.name)
+        try:
+          self._terminator.start()
+        except tls_terminator.TerminatorError as e:
+          logging.error('%s: %s', self.name, e)
+          time.sleep(2)
 
   def stop(self) -> None:
     self._stopping.set()
+    if self._terminator is not None:
+      self._terminator.stop()
+      self._control.stop()
     self._worker.stop()
     self._health.stop()
     logging.info('%s: stopped', self.name)
@@ -152,10 +216,14 @@ def main(argv: list[str]) -> int:
   try:
     pod = EdgePod(_NAME.value, _DATA_DIR.value, _PORT.value,
                   _HEALTH_PORT.value, _THREADS.value, _MAX_CALLS.value,
-                  _VERIFY.value, _SECAGG_KEY_FILE.value)
+                  _VERIFY.value, _SECAGG_KEY_FILE.value,
+                  tls_lib.TlsFiles.from_dir(_TLS_DIR.value, _NAME.value)
+                  if _TLS_DIR.value else None,
+                  _EXECUTOR_PORT.value, _EXECUTOR_NETNS.value,
+                  _EXECUTOR_HOST.value, _RUN_DIR.value)
     pod.start()
   except (DataPrepError, worker_process.WorkerStartError, OSError,
-          secagg_masks.SecAggError) as e:
+          secagg_masks.SecAggError, UserError) as e:
     print(f'error: edge pod {_NAME.value}: {e}', file=sys.stderr)
     return 2
 

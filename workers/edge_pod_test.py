@@ -11,7 +11,11 @@ import portpicker
 
 from data_prep import shards
 from tests import testutil
+from workers import certs
+from workers import executor_client
 from workers import health
+from workers import secagg_masks
+from workers import tls
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,14 +32,15 @@ def _shard_dir() -> str:
 
 class EdgePodTest(absltest.TestCase):
 
-  def _start(self, data_dir: str):
+  def _start(self, data_dir: str, *extra: str):
     port, health_port = (portpicker.pick_unused_port(),
                          portpicker.pick_unused_port())
+    self.port = port
     env = dict(os.environ, PYTHONPATH=_REPO, TF_CPP_MIN_LOG_LEVEL='3')
     process = subprocess.Popen(
         [sys.executable, '-m', 'workers.edge_pod', f'--port={port}',
          f'--health_port={health_port}', f'--data_dir={data_dir}',
-         '--name=edge-7'], cwd=_REPO, env=env, stdout=subprocess.PIPE,
+         '--name=edge-7', *extra], cwd=_REPO, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     self.addCleanup(lambda: process.poll() is None and process.kill())
     address = f'127.0.0.1:{health_port}'
@@ -65,6 +70,73 @@ class EdgePodTest(absltest.TestCase):
     self.assertEqual(process.returncode, 0, output)
     self.assertIn('stopped', output)
     self.assertFalse(testutil.pid_alive(executor[0]))
+
+  def test_publishes_public_keys_and_writes_masks_for_its_clients(self):
+    data_dir = _shard_dir()
+    _, address = self._start(data_dir)
+    _, body = health.get_json(address, '/control/manifest')
+    public_keys = body['public_keys']
+    self.assertEqual(sorted(public_keys), ['c0', 'c1', 'c2'])
+    peer = secagg_masks.PodKeys(secagg_masks.new_secret(), ['z9'])
+    request = {'tag': 'r1-a1', 'clients': ['c0', 'c2'],
+               'public_keys': {**public_keys, **peer.public_keys},
+               'layout': [[10, 2**36]]}
+    status, reply = health.post_json(address, '/control/secagg/masks',
+                                     request)
+    self.assertEqual(status, 200, reply)
+    for client in ('c0', 'c2'):
+      path = secagg_masks.mask_path(data_dir, 'r1-a1', client)
+      self.assertEqual(os.path.getsize(path), 80)
+    self.assertFalse(os.path.exists(
+        secagg_masks.mask_path(data_dir, 'r1-a1', 'c1')))
+    status, reply = health.post_json(address, '/control/secagg/masks',
+                                     dict(request, clients=['z9']))
+    self.assertEqual(status, 409)
+    self.assertIn('does not hold', reply['error'])
+    # The secret stays on the pod's disk, private to it.
+    key_file = os.path.join(data_dir, 'secagg.key')
+    self.assertEqual(os.stat(key_file).st_mode & 0o777, 0o600)
+
+  def test_mutual_tls_mode_serves_only_verified_callers(self):
+    cert_dir = os.path.join(tempfile.mkdtemp(), 'certs')
+    certs.write_bundle(cert_dir, ['edge-7', 'edge-server-0'])
+    stranger_dir = os.path.join(tempfile.mkdtemp(), 'certs')
+    certs.write_bundle(stranger_dir, ['edge-server-0'])
+    process, address = self._start(_shard_dir(), f'--tls_dir={cert_dir}')
+    # The plain port has probes only: no manifest, no control calls.
+    self.assertEqual(health.get_json(address, '/healthz')[0], 200)
+    self.assertEqual(health.get_json(address, '/manifest')[0], 404)
+    self.assertEqual(health.post_json(address, '/control/secagg/masks',
+                                      {})[0], 404)
+    target = f'127.0.0.1:{self.port}'
+    caller = tls.TlsFiles.from_dir(cert_dir, 'edge-server-0')
+    status, body = tls.http_get_json(target, '/control/manifest', caller,
+                                     server_name='edge-7')
+    self.assertEqual(status, 200, body)
+    self.assertLen(body['public_keys'], 3)
+    stranger = tls.TlsFiles.from_dir(stranger_dir, 'edge-server-0')
+    # Another CA's certificate: nginx refuses it (and we refuse its server).
+    stranger_trusting_us = tls.TlsFiles(ca=caller.ca, cert=stranger.cert,
+                                        key=stranger.key)
+    status, _ = tls.http_get_json(target, '/control/manifest',
+                                  stranger_trusting_us, server_name='edge-7')
+    self.assertEqual(status, 403)
+    # gRPC to the executor: with our certificate only.
+    good = executor_client.ExecutorClient(
+        target, tls.grpc_channel(target, caller, server_name='edge-7'))
+    self.assertIsNotNone(good._executor(0, executor_client._Deadline(30)))  # pylint: disable=protected-access
+    bad = executor_client.ExecutorClient(
+        target, tls.grpc_channel(target, stranger_trusting_us,
+                                 server_name='edge-7'))
+    with self.assertRaises(Exception) as raised:
+      bad._executor(0, executor_client._Deadline(30))  # pylint: disable=protected-access
+    self.assertIn('UNAUTHENTICATED', str(raised.exception))
+    plain = executor_client.ExecutorClient(target)
+    with self.assertRaises(Exception):
+      plain._executor(0, executor_client._Deadline(10))  # pylint: disable=protected-access
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    self.assertEqual(process.returncode, 0, output)
 
   def test_killed_pod_leaves_no_orphan_executor(self):
     process, _ = self._start(_shard_dir())

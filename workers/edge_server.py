@@ -43,6 +43,7 @@ from tff_pipeline.errors import UserError
 from workers import cpu_slots
 from workers import executor_client
 from workers import health
+from workers import tls as tls_lib
 from workers import topology as topology_lib
 from workers import wire
 from workers import worker_process
@@ -56,6 +57,9 @@ _PORT = flags.DEFINE_integer('port', None,
                              'gRPC port (default: from the topology address).')
 _HEALTH_PORT = flags.DEFINE_integer(
     'health_port', None, 'HTTP port (default: from the topology).')
+_TLS_DIR = flags.DEFINE_string(
+    'tls_dir', None, 'Folder with ca.crt and <name>.crt/.key: serve and call '
+    "pods over mutual TLS (default: the topology's tls_dir, if any).")
 _CPU_SLOTS = flags.DEFINE_integer(
     'cpu_slots', 0,
     'Only when pods share this machine\'s cores (workers.local_cluster): at '
@@ -80,12 +84,17 @@ class EdgeServer:
   """Serves one edge server of the topology."""
 
   def __init__(self, spec: topology_lib.EdgeServer,
-               slots: Optional[cpu_slots.CpuSlots] = None):
+               slots: Optional[cpu_slots.CpuSlots] = None,
+               tls: Optional[tls_lib.TlsFiles] = None):
     self.spec = spec
     self._slots = slots
+    self._tls = tls
     self._pods = {pod.name: pod for pod in spec.pods}
-    self._clients = {pod.name: executor_client.ExecutorClient(pod.address)
-                     for pod in spec.pods}
+    self._clients = {
+        pod.name: executor_client.ExecutorClient(
+            pod.address, tls_lib.grpc_channel(pod.address, tls,
+                                              server_name=pod.name))
+        for pod in spec.pods}
     self._functions: dict[str, executor_pb2.Value] = {}
     self._functions_lock = threading.Lock()
     # Merges run on our own executor: partials never go back to a pod.
@@ -112,7 +121,7 @@ class EdgeServer:
     for pod in self.spec.pods:
       entry: dict[str, Any] = {'name': pod.name, 'address': pod.address}
       try:
-        status, body = health.get_json(pod.health, '/manifest')
+        status, body = self._control_get(pod, '/control/manifest')
         if status != 200:
           raise OSError(f'HTTP {status}: {body}')
         entry['manifest'] = body['manifest']
@@ -142,6 +151,20 @@ class EdgeServer:
                    f'unknown computation {key}; send Prepare first')
     return value
 
+  def _control_get(self, pod: topology_lib.Pod, path: str):
+    # With TLS a pod's control calls go through its terminator, like gRPC.
+    if self._tls:
+      return tls_lib.http_get_json(pod.address, path, self._tls,
+                                   server_name=pod.name)
+    return health.get_json(pod.health, path)
+
+  def _control_post(self, pod: topology_lib.Pod, path: str, body: Any,
+                    timeout: float):
+    if self._tls:
+      return tls_lib.http_post_json(pod.address, path, body, self._tls,
+                                    timeout=timeout, server_name=pod.name)
+    return health.post_json(pod.health, path, body, timeout=timeout)
+
   def _prepare_masks(self, pod: str, secagg: dict[str, Any],
                      timeout: Optional[float]) -> None:
     """Has `pod` write its clients' masks for the round; raises on failure."""
@@ -151,10 +174,11 @@ class EdgeServer:
                  'clients': secagg['pod_clients'][pod]}
     except KeyError as e:
       raise _bad_request(f'Run: secagg header lacks {e}') from None
-    address = self._pods[pod].health
+    address = self._pods[pod].address if self._tls else self._pods[pod].health
     try:
-      status, body = health.post_json(address, '/control/secagg/masks',
-                                      request, timeout=timeout or 600.0)
+      status, body = self._control_post(self._pods[pod],
+                                        '/control/secagg/masks', request,
+                                        timeout or 600.0)
     except OSError as e:
       raise executor_client.ExecutorError(
           address, 'unavailable', f'SecAgg masks: {e}') from None
@@ -246,8 +270,9 @@ def _handler(method):
   return grpc.unary_unary_rpc_method_handler(handle)
 
 
-def serve(server: EdgeServer, port: int) -> grpc.Server:
-  """Starts the gRPC service of `server` on `port`."""
+def serve(server: EdgeServer, port: int,
+          tls: Optional[tls_lib.TlsFiles] = None) -> grpc.Server:
+  """Starts the gRPC service of `server` on `port` (mutual TLS with `tls`)."""
   grpc_server = grpc.server(
       concurrent.futures.ThreadPoolExecutor(max_workers=8),
       options=worker_process.GRPC_CHANNEL_OPTIONS)
@@ -255,7 +280,11 @@ def serve(server: EdgeServer, port: int) -> grpc.Server:
       SERVICE, {'Describe': _handler(server.describe),
                 'Prepare': _handler(server.prepare),
                 'Run': _handler(server.run)})])
-  grpc_server.add_insecure_port(f'[::]:{port}')
+  if tls is not None:
+    grpc_server.add_secure_port(f'[::]:{port}',
+                                tls_lib.grpc_server_credentials(tls))
+  else:
+    grpc_server.add_insecure_port(f'[::]:{port}')
   grpc_server.start()
   return grpc_server
 
@@ -270,18 +299,21 @@ def main(argv: list[str]) -> int:
   try:
     if not _TOPOLOGY.value or not _NAME.value:
       raise UserError('--topology and --name are required')
-    spec = topology_lib.load(_TOPOLOGY.value).edge_server(_NAME.value)
+    topology = topology_lib.load(_TOPOLOGY.value)
+    spec = topology.edge_server(_NAME.value)
+    tls_dir = _TLS_DIR.value or topology.tls_dir
+    tls = tls_lib.TlsFiles.from_dir(tls_dir, spec.name) if tls_dir else None
     slots = None
     if _CPU_SLOTS.value:
       if not _CPU_SLOTS_DIR.value:
         raise UserError('--cpu_slots needs --cpu_slots_dir')
       slots = cpu_slots.CpuSlots(_CPU_SLOTS_DIR.value, _CPU_SLOTS.value)
-    server = EdgeServer(spec, slots).start()
+    server = EdgeServer(spec, slots, tls).start()
   except (UserError, worker_process.WorkerStartError) as e:
     print(f'error: edge server {_NAME.value}: {e}', file=sys.stderr)
     return 2
   port = _PORT.value or _port_of(spec.address)
-  grpc_server = serve(server, port)
+  grpc_server = serve(server, port, tls)
   health_server = health.HealthServer(
       _HEALTH_PORT.value or _port_of(spec.health),
       {'/healthz': lambda: (200, {'edge_server': spec.name}),

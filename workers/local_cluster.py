@@ -40,13 +40,16 @@ from data_prep.errors import DataPrepError
 from tff_pipeline import config as config_lib
 from tff_pipeline import tasks
 from tff_pipeline.errors import UserError
+from workers import certs
 from workers import health
 from workers import netns
 from workers import placement
+from workers import tls_terminator
 from workers import topology as topology_lib
 from workers import worker_process
 
 _POD_PORT, _POD_HEALTH_PORT = 8000, 8001
+_POD_EXECUTOR_PORT = 8002  # Behind the TLS terminator, in a private netns.
 _SERVER_PORT, _SERVER_HEALTH_PORT = 7000, 7001
 
 
@@ -98,12 +101,21 @@ class _Node:
         self.process.wait()
 
 
+def _nginx_installed() -> bool:
+  try:
+    tls_terminator.find_nginx()
+    return True
+  except tls_terminator.TerminatorError:
+    return False
+
+
 class LocalCluster:
   """Prepares data, starts pods and edge servers, writes the topology."""
 
   def __init__(self, config: config_lib.TrainConfig, num_pods: int,
                num_edge_servers: int, cluster_dir: Optional[str] = None,
-               use_netns: Optional[bool] = None, pod_threads: int = 1):
+               use_netns: Optional[bool] = None, pod_threads: int = 1,
+               use_tls: Optional[bool] = None):
     if num_pods < 1 or num_edge_servers < 1:
       raise UserError('--pods and --edge_servers must be at least 1')
     if num_edge_servers > num_pods:
@@ -118,6 +130,11 @@ class LocalCluster:
       raise UserError('network namespaces need root and the `ip` tool; run '
                       'as root or pass --netns=false')
     self.pod_threads = pod_threads
+    # Mutual TLS on every channel, as a real deployment; needs nginx.
+    self.use_tls = _nginx_installed() if use_tls is None else use_tls
+    if self.use_tls:
+      tls_terminator.find_nginx()  # Raises, saying how to install it.
+    self.tls_dir: Optional[str] = None
     # All pods share this machine's cores: one computing pod per core (more
     # only time-share the cores, each running slower).
     self.cpu_slots = os.cpu_count() or 1
@@ -126,6 +143,7 @@ class LocalCluster:
     self.edge_servers: list[_Node] = []
     self.topology: Optional[topology_lib.Topology] = None
     self._network: Optional[netns.Network] = None
+    self._namespaces: dict[str, str] = {}
     self._stop = threading.Event()
     self._supervisor: Optional[threading.Thread] = None
 
@@ -184,23 +202,40 @@ class LocalCluster:
                         ', '.join(stale))
       tag = str(os.getpid())
       self._network = netns.Network(tag, netns.free_net()).create()
+    server_names = [f'edge-server-{j}' for j in range(self.num_edge_servers)]
+    if self.use_tls:
+      self.tls_dir = os.path.join(self.cluster_dir, 'certs')
+      certs.write_bundle(self.tls_dir, ['coordinator', *server_names,
+                                        *pod_dirs], overwrite=True)
     pod_specs = []
     for i, (name, data_dir) in enumerate(pod_dirs.items()):
       namespace, address, health_address = self._address(
           i, 1, _POD_PORT, _POD_HEALTH_PORT)
+      if namespace:
+        self._namespaces[name] = namespace
       args = [f'--name={name}', f'--data_dir={data_dir}',
               f'--port={address.rsplit(":", 1)[1]}',
               f'--health_port={health_address.rsplit(":", 1)[1]}',
               f'--threads={self.pod_threads}', '--verify_shards=false']
+      if self.use_tls:
+        args += [f'--tls_dir={self.tls_dir}',
+                 f'--run_dir={os.path.join(self.cluster_dir, "run", name)}']
+        if namespace:
+          # The plaintext executor lives where only its pod can reach it.
+          private = self._network.add_private(i, namespace)
+          args += [f'--executor_netns={private}',
+                   f'--executor_host={netns.Network.PRIVATE_INNER}',
+                   f'--executor_port={_POD_EXECUTOR_PORT}']
       self.pods.append(_Node(name, self._argv(namespace, 'workers.edge_pod',
                                               args),
                              os.path.join(logs, f'{name}.log'), health_address))
       pod_specs.append(topology_lib.Pod(name, address, health_address))
     servers = []
-    for j in range(self.num_edge_servers):
-      name = f'edge-server-{j}'
+    for j, name in enumerate(server_names):
       namespace, address, health_address = self._address(
           self.num_pods + j, 2, _SERVER_PORT, _SERVER_HEALTH_PORT)
+      if namespace:
+        self._namespaces[name] = namespace
       # Contiguous groups: pods 0..4 under server 0, 5..9 under server 1.
       group = tuple(p for i, p in enumerate(pod_specs)
                     if i * self.num_edge_servers // self.num_pods == j)
@@ -212,7 +247,8 @@ class LocalCluster:
       self.edge_servers.append(
           _Node(name, self._argv(namespace, 'workers.edge_server', args),
                 os.path.join(logs, f'{name}.log'), health_address))
-    self.topology = topology_lib.Topology(tuple(servers), eval_data=eval_dir)
+    self.topology = topology_lib.Topology(tuple(servers), eval_data=eval_dir,
+                                          tls_dir=self.tls_dir)
     topology_lib.save(self.topology, self.topology_path)
     for node in self.pods + self.edge_servers:
       node.start()
@@ -231,6 +267,10 @@ class LocalCluster:
           logging.warning('%s exited (status %s); restarting', node.name,
                           node.process.returncode)
           node.start()
+
+  def namespace_of(self, name: str) -> Optional[str]:
+    """The network namespace a node runs in (None on localhost)."""
+    return self._namespaces.get(name)
 
   def pod(self, name: str) -> _Node:
     for node in self.pods:
@@ -269,6 +309,10 @@ def define_flags() -> None:
                     'One network namespace per node (needs root); auto: '
                     'when root.')
   flags.DEFINE_integer('pod_threads', 1, 'TF threads per pod executor.')
+  flags.DEFINE_enum('tls', 'auto', ['auto', 'true', 'false'],
+                    'Mutual TLS on every channel (certificates in '
+                    '<cluster_dir>/certs, nginx in front of each pod '
+                    'executor); auto: when nginx is installed.')
 
 
 def main(argv: list[str]) -> int:
@@ -276,7 +320,8 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   flag_values = flags.FLAGS
-  use_netns = {'auto': None, 'true': True, 'false': False}[flag_values.netns]
+  choice = {'auto': None, 'true': True, 'false': False}
+  use_netns = choice[flag_values.netns]
   stop = threading.Event()
   signal.signal(signal.SIGTERM, lambda *_: stop.set())
   signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -284,12 +329,15 @@ def main(argv: list[str]) -> int:
     config = train.config_from_flags()
     cluster = LocalCluster(config, flag_values.pods, flag_values.edge_servers,
                            flag_values.cluster_dir, use_netns,
-                           flag_values.pod_threads).start()
+                           flag_values.pod_threads,
+                           choice[flag_values.tls]).start()
   except (UserError, DataPrepError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   topology_lib.save(cluster.topology, flag_values.topology_out)
   where = 'network namespaces' if cluster.use_netns else 'localhost'
+  if cluster.use_tls:
+    where += f'; mutual TLS, certificates in {cluster.tls_dir}'
   print(f'{cluster.num_pods} edge pods under {cluster.num_edge_servers} edge '
         f'servers are up ({where}); topology: {flag_values.topology_out}; '
         f'logs: {cluster.cluster_dir}/logs. Ctrl-C stops them.', flush=True)

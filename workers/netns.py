@@ -47,7 +47,7 @@ def remove_stale() -> list[str]:
   """
   removed = []
   for line in _ip('netns', 'list').splitlines():
-    match = re.fullmatch(r'tff(\d+)n\d+', line.split()[0]) if line else None
+    match = re.fullmatch(r'tff(\d+)[nx]\d+', line.split()[0]) if line else None
     if match and not os.path.exists(f'/proc/{match.group(1)}'):
       _ip('netns', 'delete', match.group(0), check=False)
       removed.append(match.group(0))
@@ -99,6 +99,37 @@ class Network:
     _ip('-n', namespace, 'link', 'set', inner, 'up')
     _ip('-n', namespace, 'link', 'set', 'lo', 'up')
     return namespace, address
+
+  # A private link between a host and its own inner namespace. Every host
+  # uses the same pair: each link exists only inside its own two namespaces.
+  PRIVATE_OUTER = '10.255.255.1'
+  PRIVATE_INNER = '10.255.255.2'
+
+  def add_private(self, index: int, host_namespace: str) -> str:
+    """A namespace only `host_namespace` can reach, at PRIVATE_INNER.
+
+    Nothing routes to it from the bridge: the host namespace does not
+    forward (a new namespace has ip_forward=0), so a plaintext service there
+    is reachable from its host alone.
+
+    Returns:
+      The inner namespace's name.
+    """
+    namespace = f'tff{self.tag}x{index}'
+    outer, inner = f'v{self.tag}p{index}', f'v{self.tag}q{index}'
+    _ip('netns', 'add', namespace)
+    self.namespaces.append(namespace)
+    _ip('link', 'add', outer, 'type', 'veth', 'peer', 'name', inner)
+    _ip('link', 'set', outer, 'netns', host_namespace)
+    _ip('link', 'set', inner, 'netns', namespace)
+    _ip('-n', host_namespace, 'addr', 'add', f'{self.PRIVATE_OUTER}/30', 'dev',
+        outer)
+    _ip('-n', host_namespace, 'link', 'set', outer, 'up')
+    _ip('-n', namespace, 'addr', 'add', f'{self.PRIVATE_INNER}/30', 'dev',
+        inner)
+    _ip('-n', namespace, 'link', 'set', inner, 'up')
+    _ip('-n', namespace, 'link', 'set', 'lo', 'up')
+    return namespace
 
   def command(self, namespace: str, argv: list[str]) -> list[str]:
     """`argv` run inside `namespace` (ip execs it: no extra process)."""

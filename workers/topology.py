@@ -9,6 +9,8 @@
             address: 10.77.1.1:8000 # TFF executor service, used by es-0
             health: 10.77.1.1:8001  # HTTP /healthz, /readyz, /manifest
     eval_data: /path/to/shards      # optional: held-out data at the coordinator
+    tls_dir: /path/to/certs         # optional: every channel is mutual TLS;
+                                    # ca.crt + <node>.crt/.key (workers.certs)
 
 Every pod sits under exactly one edge server; names are unique.
 """
@@ -47,6 +49,9 @@ class EdgeServer:
 class Topology:
   edge_servers: tuple[EdgeServer, ...]
   eval_data: Optional[str] = None
+  # With it, pods and edge servers speak only mutual TLS; each process finds
+  # its own <name>.crt/.key here unless its --tls_dir says otherwise.
+  tls_dir: Optional[str] = None
 
   def edge_server(self, name: str) -> EdgeServer:
     for server in self.edge_servers:
@@ -67,6 +72,8 @@ def to_dict(topology: Topology) -> dict[str, Any]:
       for s in topology.edge_servers]}
   if topology.eval_data:
     raw['eval_data'] = topology.eval_data
+  if topology.tls_dir:
+    raw['tls_dir'] = topology.tls_dir
   return raw
 
 
@@ -98,10 +105,10 @@ def parse(raw: Any, where: str) -> Topology:
 
   if not isinstance(raw, dict) or not isinstance(raw.get('edge_servers'), list):
     raise fail('needs a top-level list "edge_servers"')
-  unknown = set(raw) - {'edge_servers', 'eval_data'}
+  unknown = set(raw) - {'edge_servers', 'eval_data', 'tls_dir'}
   if unknown:
     raise fail(f'unknown keys {sorted(unknown)}; allowed: edge_servers, '
-               'eval_data')
+               'eval_data, tls_dir')
   seen: set[str] = set()
 
   def entry(item: Any, what: str, keys: set[str]) -> dict[str, Any]:
@@ -141,4 +148,7 @@ def parse(raw: Any, where: str) -> Topology:
   eval_data = raw.get('eval_data')
   if eval_data is not None and not isinstance(eval_data, str):
     raise fail(f'eval_data must be a path, got {eval_data!r}')
-  return Topology(tuple(servers), eval_data)
+  tls_dir = raw.get('tls_dir')
+  if tls_dir is not None and not isinstance(tls_dir, str):
+    raise fail(f'tls_dir must be a path, got {tls_dir!r}')
+  return Topology(tuple(servers), eval_data, tls_dir)

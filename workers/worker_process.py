@@ -39,11 +39,15 @@ class WorkerStartError(RuntimeError):
   """The executor service did not come up."""
 
 
+# Resolved now, in the parent: the child must not dlopen between fork and
+# exec (another thread may hold the loader or malloc lock; seen to deadlock).
+_PRCTL = ctypes.CDLL('libc.so.6', use_errno=True).prctl
+
+
 def die_with_parent() -> None:
   # Runs in the child between fork and exec. The signal fires when the thread
   # that forked us exits, so workers are started from the main thread.
-  libc = ctypes.CDLL('libc.so.6', use_errno=True)
-  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+  _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
   os.setpgrp()  # Ctrl-C in a terminal goes to the parent, which stops us.
 
 
@@ -56,9 +60,12 @@ class WorkerProcess:
                log_path: Optional[str] = None,
                intra_op_threads: Optional[int] = None,
                inter_op_threads: Optional[int] = None,
-               cwd: Optional[str] = None):
+               cwd: Optional[str] = None, netns: Optional[str] = None):
     self.host = host
     self._cwd = cwd  # Relative shard paths in computations resolve here.
+    # Runs inside this network namespace (`ip netns exec`, needs root): an
+    # edge pod hides its plaintext executor there behind its TLS terminator.
+    self._netns = netns
     self.port = port or portpicker.pick_unused_port()
     self._max_calls = max_concurrent_computation_calls
     self._env = dict(os.environ if env is None else env)
@@ -84,6 +91,7 @@ class WorkerProcess:
   def start(self, timeout: float = 60.0) -> 'WorkerProcess':
     """Starts the service and waits until it answers."""
     args = [
+        *(['ip', 'netns', 'exec', self._netns] if self._netns else []),
         WORKER_BINARY,
         f'--port={self.port}',
         f'--max_concurrent_computation_calls={self._max_calls}',
