@@ -32,7 +32,11 @@ from tests import testutil
 from tff_pipeline import config as config_lib
 from workers import topology_gen
 
-K8S = os.path.join(testutil.REPO_ROOT, 'k8s')
+# The source tree, not Bazel's runfiles: kustomize does not find a
+# kustomization.yaml that is a symlink (runfiles are symlink trees).
+K8S = os.path.dirname(os.path.realpath(
+    os.path.join(testutil.REPO_ROOT, 'k8s', 'render.py')))
+SOURCE_ROOT = os.path.dirname(K8S)
 VERSION = '1.32.0'
 PODMAN_KINDS = {'Pod', 'Deployment', 'PersistentVolumeClaim', 'ConfigMap'}
 LABEL = 'app.kubernetes.io/component'
@@ -133,7 +137,7 @@ class K8sManifestsTest(absltest.TestCase):
   def test_validate_script_renders_and_validates_every_overlay(self):
     result = subprocess.run(
         ['bash', os.path.join(K8S, 'validate.sh'), VERSION], text=True,
-        capture_output=True, check=False, cwd=testutil.REPO_ROOT,
+        capture_output=True, check=False, cwd=SOURCE_ROOT,
         env={**os.environ, 'PYTHON': sys.executable}, timeout=300)
     self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
     for overlay in ('cluster', 'local'):
@@ -451,7 +455,7 @@ class K8sManifestsTest(absltest.TestCase):
     result = subprocess.run(
         ['bash', os.path.join(K8S, 'make_secrets.sh'), f'--dir={tmp}/s',
          '--pods=3', '--edge-servers=2'], text=True, capture_output=True,
-        check=False, cwd=testutil.REPO_ROOT, timeout=120,
+        check=False, cwd=SOURCE_ROOT, timeout=120,
         env={**os.environ, 'PYTHON': sys.executable})
     self.assertEqual(result.returncode, 0, result.stderr)
     with open(os.path.join(tmp, 's', 'secrets.yaml'), encoding='utf-8') as f:

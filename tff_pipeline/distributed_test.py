@@ -31,7 +31,7 @@ class ClusterDescribeTest(absltest.TestCase):
   def _cluster(self, pods: dict[str, dict]) -> distributed.Cluster:
     specs = []
     for name, manifest in pods.items():
-      server = health.HealthServer(0, {'/manifest': (
+      server = health.HealthServer(0, {'/control/manifest': (
           lambda n=name, m=manifest: (200, {'pod': n, 'manifest': m}))})
       server.start()
       self.addCleanup(server.stop)
