@@ -92,13 +92,7 @@ class _Node:
                     f'{self.log_path}')
 
   def stop(self, grace: float = 10.0) -> None:
-    if self.alive():
-      self.process.terminate()
-      try:
-        self.process.wait(grace)
-      except subprocess.TimeoutExpired:
-        self.process.kill()
-        self.process.wait()
+    worker_process.terminate(self.process, grace)
 
 
 def _nginx_installed() -> bool:
@@ -153,12 +147,8 @@ class LocalCluster:
     manifest = tasks.load(self.config).manifest
     shards.verify_shards(manifest)
     pod_names = [f'edge-{i}' for i in range(self.num_pods)]
-    assigned = placement.assign(sorted(manifest.client_ids()), pod_names)
-    empty = [p for p, ids in assigned.items() if not ids]
-    if empty:
-      raise UserError(f'{len(manifest.clients)} clients cannot fill '
-                      f'{self.num_pods} pods ({", ".join(empty)} would be '
-                      'empty); lower --pods or raise --num_clients')
+    assigned = placement.assign_filled(manifest.client_ids(), pod_names,
+                                       'lower --pods or raise --num_clients')
     pod_dirs = {}
     for pod, ids in assigned.items():
       pod_dirs[pod] = os.path.join(self.cluster_dir, 'pods', pod)

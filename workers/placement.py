@@ -7,6 +7,7 @@ import os
 import shutil
 
 from data_prep import shards
+from tff_pipeline.errors import UserError
 
 
 def assign(client_ids: list[str], pod_names: list[str]) -> dict[str, list[str]]:
@@ -17,6 +18,17 @@ def assign(client_ids: list[str], pod_names: list[str]) -> dict[str, list[str]]:
   for i, client_id in enumerate(client_ids):
     placed[pod_names[i % len(pod_names)]].append(client_id)
   return placed
+
+
+def assign_filled(client_ids: list[str], pod_names: list[str],
+                  fix: str) -> dict[str, list[str]]:
+  """`assign` of the sorted ids; UserError (ending with `fix`) if a pod is empty."""
+  assigned = assign(sorted(client_ids), pod_names)
+  empty = [p for p, ids in assigned.items() if not ids]
+  if empty:
+    raise UserError(f'{len(client_ids)} clients cannot fill {len(pod_names)} '
+                    f'pods ({", ".join(empty)} would be empty); {fix}')
+  return assigned
 
 
 def _link_or_copy(source: str, target: str) -> None:

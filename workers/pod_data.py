@@ -152,12 +152,9 @@ def place_pod(prepared: _Prepared, pod_name: str, pods: int, out_dir: str,
   if not force and _still_good(out_dir, stamp):
     return shards.load_manifest(out_dir).client_ids(), True
   manifest = prepared.manifest
-  assigned = placement.assign(sorted(manifest.client_ids()), names)
-  empty = [p for p, ids in assigned.items() if not ids]
-  if empty:
-    raise UserError(f'{len(manifest.clients)} clients cannot fill {pods} pods '
-                    f'({", ".join(empty)} would be empty); lower the number '
-                    'of edge pods or raise --num_clients')
+  assigned = placement.assign_filled(
+      manifest.client_ids(), names,
+      'lower the number of edge pods or raise --num_clients')
   placement.write_pod_dir(manifest, assigned[pod_name], out_dir)
   _write_stamp(out_dir, stamp)
   return assigned[pod_name], False

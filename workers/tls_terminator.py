@@ -337,13 +337,7 @@ class NginxTerminator:
 
   def stop(self, grace: float = 5.0) -> None:
     """SIGTERM (fast shutdown: open calls fail), SIGKILL after `grace`."""
-    if self._process is not None and self._process.poll() is None:
-      self._process.terminate()
-      try:
-        self._process.wait(grace)
-      except subprocess.TimeoutExpired:
-        self._process.kill()
-        self._process.wait()
+    worker_process.terminate(self._process, grace)
     if self._reader is not None:
       self._reader.join(timeout=1)
       self._reader = None

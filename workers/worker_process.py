@@ -51,6 +51,17 @@ def die_with_parent() -> None:
   os.setpgrp()  # Ctrl-C in a terminal goes to the parent, which stops us.
 
 
+def terminate(process: Optional[subprocess.Popen], grace: float) -> None:
+  """SIGTERM `process` if it runs; SIGKILL it after `grace` seconds."""
+  if process is not None and process.poll() is None:
+    process.terminate()
+    try:
+      process.wait(grace)
+    except subprocess.TimeoutExpired:
+      process.kill()
+      process.wait()
+
+
 class WorkerProcess:
   """One TFF executor service on `host:port`, tied to this process's life."""
 
@@ -151,13 +162,7 @@ class WorkerProcess:
 
   def stop(self, grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after `grace` seconds."""
-    if self._process is not None and self._process.poll() is None:
-      self._process.terminate()
-      try:
-        self._process.wait(grace)
-      except subprocess.TimeoutExpired:
-        self._process.kill()
-        self._process.wait()
+    terminate(self._process, grace)
     if self._log is not None:
       self._log.close()
       self._log = None
