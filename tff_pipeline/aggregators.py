@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import tensorflow_federated as tff
@@ -30,8 +31,13 @@ def sampling_of(config: TrainConfig, population: int) -> privacy.Sampling:
                           expected_size=config.clients_per_round)
 
 
+@functools.lru_cache(maxsize=8)
 def noise_multiplier(config: TrainConfig, population: int) -> float:
-  """--noise_multiplier, or the one --target_epsilon calls for."""
+  """--noise_multiplier, or the one --target_epsilon calls for.
+
+  Cached: the learning process and the privacy report of a run both need it,
+  and calibration runs an accountant search (seconds).
+  """
   if config.target_epsilon > 0:
     return privacy.calibrate_noise_multiplier(
         config.target_epsilon, sampling_of(config, population), config.rounds,

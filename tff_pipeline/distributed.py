@@ -62,6 +62,12 @@ class RoundReport:
   participants: Optional[list[str]] = None
   pod_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
+  def causes(self) -> str:
+    """Each distinct failure once, for an error message."""
+    return '; '.join(dict.fromkeys(
+        f'{f.get("pod") or f["edge_server"]}: {f["error"]}'
+        for f in self.failures))
+
   def network(self) -> dict[str, int]:
     return {'coordinator_bytes_sent': self.bytes_sent,
             'coordinator_bytes_received': self.bytes_received,
@@ -287,11 +293,9 @@ class DistributedRound:
         time.sleep(self._retry_wait)
         failed_pods.clear()  # Restarted pods may be back.
     else:
-      causes = dict.fromkeys(f'{f.get("pod") or f["edge_server"]}: '
-                             f'{f["error"]}' for f in report.failures)
       raise ClusterError(
           f'round failed on every edge server after {self._retries + 1} '
-          f'attempts: {"; ".join(causes)}; check that the pods are running')
+          f'attempts: {report.causes()}; check that the pods are running')
     merged_value = self.merge(partials)
     arg = structure.Struct([(name, value) for (name, _), value
                             in zip(self._elements, args)])

@@ -70,7 +70,7 @@ class SecureQuantizedSumFactory(tff.aggregators.UnweightedAggregationFactory):
       return tf.nest.map_structure(
           lambda s, spec: tf.cast(tf.cast(s, tf.float64) / scale - offset,
                                   spec.dtype),
-          summed, _specs(value_type))
+          summed, tff.types.type_to_tf_tensor_specs(value_type))
 
     @tff.federated_computation()
     def init_fn():
@@ -89,11 +89,6 @@ class SecureQuantizedSumFactory(tff.aggregators.UnweightedAggregationFactory):
           measurements=tff.federated_value((), tff.SERVER))
 
     return tff.templates.AggregationProcess(init_fn, next_fn)
-
-
-def _specs(value_type):
-  """TensorSpecs in the container structure TF sees for `value_type`."""
-  return tff.types.type_to_tf_tensor_specs(value_type)
 
 
 def mean_factory(clip: float, bits: int = DEFAULT_BITS

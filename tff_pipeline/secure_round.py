@@ -337,8 +337,6 @@ class RemoteSecureRound:
       logging.warning('round %d attempt %d: pods %s failed; redoing the '
                       'secure sum among the others with fresh masks',
                       round_num, attempt, sorted(failed_pods - before))
-    causes = dict.fromkeys(f'{f.get("pod") or f["edge_server"]}: '
-                           f'{f["error"]}' for f in report.failures)
     raise distributed.ClusterError(
         f'secure round {round_num} failed after {self._retries + 1} attempts: '
-        f'{"; ".join(causes)}; check that the pods are running')
+        f'{report.causes()}; check that the pods are running')

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Callable, Optional
 
@@ -201,6 +203,7 @@ def run(config: TrainConfig,
   wall_start = time.monotonic()
   _check_output_dir(config)
   remote = None
+  mask_root = None
   if config.executor == 'remote':
     remote = _RemoteSetup.connect(config)
     task, eval_task = remote.task, remote.eval_task
@@ -225,8 +228,8 @@ def run(config: TrainConfig,
   if remote is not None:
     run_round = remote.round_runner(process, config)
   elif aggregators.is_secure(config):
-    mask_root = os.path.join(config.output_dir, 'secagg_local')
-    os.makedirs(mask_root, exist_ok=True)
+    # Scratch, not results: each round's masks replace the last round's.
+    mask_root = tempfile.mkdtemp(prefix='secagg-masks-')
     run_round = secure_round.LocalSecureRound(
         secure_round.SecureForm(process.next, len(client_ids), mask_root),
         mask_root)
@@ -301,6 +304,8 @@ def run(config: TrainConfig,
   writer.close()
   if remote is not None:
     remote.close()
+  if mask_root is not None:
+    shutil.rmtree(mask_root, ignore_errors=True)
 
   all_rows = metrics_io.read_metrics(config.output_dir)
   if last_eval is None:

@@ -81,7 +81,7 @@ class EdgePodTest(absltest.TestCase):
     request = {'tag': 'r1-a1', 'clients': ['c0', 'c2'],
                'public_keys': {**public_keys, **peer.public_keys},
                'layout': [[10, 2**36]]}
-    status, reply = health.post_json(address, '/control/secagg/masks',
+    status, reply = tls.http_post_json(address, '/control/secagg/masks',
                                      request)
     self.assertEqual(status, 200, reply)
     for client in ('c0', 'c2'):
@@ -89,7 +89,7 @@ class EdgePodTest(absltest.TestCase):
       self.assertEqual(os.path.getsize(path), 80)
     self.assertFalse(os.path.exists(
         secagg_masks.mask_path(data_dir, 'r1-a1', 'c1')))
-    status, reply = health.post_json(address, '/control/secagg/masks',
+    status, reply = tls.http_post_json(address, '/control/secagg/masks',
                                      dict(request, clients=['z9']))
     self.assertEqual(status, 409)
     self.assertIn('does not hold', reply['error'])
@@ -106,7 +106,7 @@ class EdgePodTest(absltest.TestCase):
     # The plain port has probes only: no manifest, no control calls.
     self.assertEqual(health.get_json(address, '/healthz')[0], 200)
     self.assertEqual(health.get_json(address, '/manifest')[0], 404)
-    self.assertEqual(health.post_json(address, '/control/secagg/masks',
+    self.assertEqual(tls.http_post_json(address, '/control/secagg/masks',
                                       {})[0], 404)
     target = f'127.0.0.1:{self.port}'
     caller = tls.TlsFiles.from_dir(cert_dir, 'edge-server-0')

@@ -121,7 +121,9 @@ class EdgeServer:
     for pod in self.spec.pods:
       entry: dict[str, Any] = {'name': pod.name, 'address': pod.address}
       try:
-        status, body = self._control_get(pod, '/control/manifest')
+        status, body = tls_lib.http_get_json(
+            self._control_address(pod), '/control/manifest', self._tls,
+            server_name=pod.name)
         if status != 200:
           raise OSError(f'HTTP {status}: {body}')
         entry['manifest'] = body['manifest']
@@ -151,19 +153,10 @@ class EdgeServer:
                    f'unknown computation {key}; send Prepare first')
     return value
 
-  def _control_get(self, pod: topology_lib.Pod, path: str):
-    # With TLS a pod's control calls go through its terminator, like gRPC.
-    if self._tls:
-      return tls_lib.http_get_json(pod.address, path, self._tls,
-                                   server_name=pod.name)
-    return health.get_json(pod.health, path)
-
-  def _control_post(self, pod: topology_lib.Pod, path: str, body: Any,
-                    timeout: float):
-    if self._tls:
-      return tls_lib.http_post_json(pod.address, path, body, self._tls,
-                                    timeout=timeout, server_name=pod.name)
-    return health.post_json(pod.health, path, body, timeout=timeout)
+  def _control_address(self, pod: topology_lib.Pod) -> str:
+    # With TLS a pod's control calls go through its terminator, like gRPC;
+    # without, its plain HTTP port serves them.
+    return pod.address if self._tls else pod.health
 
   def _prepare_masks(self, pod: str, secagg: dict[str, Any],
                      timeout: Optional[float]) -> None:
@@ -174,11 +167,11 @@ class EdgeServer:
                  'clients': secagg['pod_clients'][pod]}
     except KeyError as e:
       raise _bad_request(f'Run: secagg header lacks {e}') from None
-    address = self._pods[pod].address if self._tls else self._pods[pod].health
+    address = self._control_address(self._pods[pod])
     try:
-      status, body = self._control_post(self._pods[pod],
-                                        '/control/secagg/masks', request,
-                                        timeout or 600.0)
+      status, body = tls_lib.http_post_json(
+          address, '/control/secagg/masks', request, self._tls,
+          timeout=timeout or 600.0, server_name=pod)
     except OSError as e:
       raise executor_client.ExecutorError(
           address, 'unavailable', f'SecAgg masks: {e}') from None

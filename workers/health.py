@@ -90,15 +90,3 @@ def get_json(address: str, path: str, timeout: float = 5.0) -> tuple[int, Any]:
   except urllib.error.HTTPError as e:
     return e.code, json.loads(e.read() or b'null')
 
-
-def post_json(address: str, path: str, body: Any,
-              timeout: float = 60.0) -> tuple[int, Any]:
-  """POSTs JSON to http://address/path; returns (status, parsed body)."""
-  request = urllib.request.Request(
-      f'http://{address}{path}', data=json.dumps(body).encode('utf-8'),
-      headers={'Content-Type': 'application/json'}, method='POST')
-  try:
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-      return response.status, json.loads(response.read())
-  except urllib.error.HTTPError as e:
-    return e.code, json.loads(e.read() or b'null')
