@@ -19,6 +19,8 @@ MANIFEST_FILE = "manifest.json"
 CLIENTS_DIR = "clients"
 EVAL_FILE = "eval.tfrecord"
 EVAL_ID = "eval"
+# Optional nested shard dir of per-client held-out examples.
+HELD_OUT_DIR = "held_out"
 SHARD_SUFFIX = ".tfrecord"
 KINDS = ("bytes", "int64", "float", "string")
 # dtypes tf.io.decode_raw can decode.
@@ -162,6 +164,14 @@ def load_manifest(shard_dir: str) -> Manifest:
         f"{path} is malformed ({e}); "
         f"{errors.rebuild_hint(shard_dir, task)}") from e
 
+
+
+def load_held_out(manifest: Manifest) -> Manifest | None:
+  """The per-client held-out shard dir inside `manifest`'s, if it has one."""
+  held_out_dir = os.path.join(manifest.shard_dir, HELD_OUT_DIR)
+  if not os.path.exists(os.path.join(held_out_dir, MANIFEST_FILE)):
+    return None
+  return load_manifest(held_out_dir)
 
 def manifest_to_json(manifest: Manifest) -> str:
   """The manifest.json text of `manifest`."""

@@ -9,7 +9,10 @@ Usage:
 --split=per_user, the only choice there).
 
 One client per user (client id user_<original id>, zero-padded) holding that
-user's training ratings; the eval shard holds the eval ratings. Features:
+user's training ratings; the eval shard holds the eval ratings, and the
+nested shard dir held_out/ holds them again split by user (one shard per
+user with eval ratings): held-out ratings belong to their user, so
+evaluation runs where the user's training ratings are. Features:
   item    int64  dense item index 0..num_items-1 (ascending original id)
   rating  float  1..5
   user    int64  dense user index 0..num_users-1 (ascending original id),
@@ -147,13 +150,15 @@ def prepare(data_dir: str, shard_dir: str, split: str | None = None,
       "user_ids": user_ids.tolist(),
       "item_ids": item_ids.tolist(),
   })
-  return shards.write_shards(
+  manifest = shards.write_shards(
       shard_dir, TASK, FEATURES_SPEC, clients(),
       eval_examples=(_columns(evaluation, eval_order, item_ids, user_ids)
                      if len(evaluation) else None),
       num_classes=None,
       partition=_partition_record(split, eval_fraction),
       source=source)
+  held_out_by_user(manifest)
+  return manifest
 
 
 def find_or_prepare(data_dir: str, shard_dir: str, split: str | None = None,
@@ -177,8 +182,38 @@ def find_or_prepare(data_dir: str, shard_dir: str, split: str | None = None,
                                   {k: manifest.source.get(k) for k in wanted_source} ==
                                   wanted_source))
   if manifest is not None:
+    held_out_by_user(manifest)  # Shard dirs of earlier versions lack it.
     return manifest
   return prepare(data_dir, shard_dir, resolved, eval_fraction)
+
+
+def held_out_by_user(manifest: shards.Manifest) -> shards.Manifest:
+  """The eval ratings as one shard per user in <shard_dir>/held_out.
+
+  Built from the eval shard once and reused while the eval shard's sha256
+  matches. Users without eval ratings get no shard.
+  """
+  target = os.path.join(manifest.shard_dir, shards.HELD_OUT_DIR)
+  eval_sha256 = manifest.eval.sha256 if manifest.eval else None
+  existing = shards.load_if_matching(
+      target, lambda m: m.source.get("eval_sha256") == eval_sha256)
+  if existing is not None:
+    return existing
+  per_user = iter(())
+  if manifest.eval is not None:
+    columns = shards.read_numpy(manifest, manifest.eval)
+    client_ids = user_client_ids(np.array(manifest.source["user_ids"]))
+    order = np.argsort(columns["user"], kind="stable")
+    users = columns["user"][order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    per_user = (
+        (client_ids[int(users[start])],
+         {name: values[order[start:end]] for name, values in columns.items()})
+        for start, end in zip(starts, np.r_[starts[1:], len(users)]))
+  return shards.write_shards(
+      target, manifest.task, manifest.features, per_user, eval_examples=None,
+      num_classes=None, partition=dict(manifest.partition),
+      source={"eval_sha256": eval_sha256}, label_key=None)
 
 
 def detect_dataset(data_dir: str) -> str:

@@ -4,6 +4,7 @@ import collections
 import contextlib
 import io
 import os
+import shutil
 import time
 
 from absl import flags
@@ -223,10 +224,41 @@ class SyntheticPrepareTest(absltest.TestCase):
                      manifest.eval.num_examples, len(self.rows))
     shards.verify_shards(shards.load_manifest(manifest.shard_dir))
 
+  def test_held_out_holds_each_users_eval_ratings(self):
+    manifest = movielens.prepare(self.ml1m, os.path.join(self.root, "s"))
+    held_out = shards.load_held_out(manifest)
+    self.assertEqual(held_out.shard_dir,
+                     os.path.join(manifest.shard_dir, shards.HELD_OUT_DIR))
+    shards.verify_shards(held_out)
+    eval_rows = shards.read_numpy(manifest, manifest.eval)
+    names = movielens.user_client_ids(np.array(manifest.source["user_ids"]))
+    want = collections.defaultdict(list)
+    for user, item, rating in zip(eval_rows["user"], eval_rows["item"],
+                                  eval_rows["rating"]):
+      want[names[user]].append((user, item, rating))
+    self.assertEqual(held_out.client_ids(), sorted(want))
+    for info in held_out.clients:
+      columns = shards.read_numpy(held_out, info)
+      self.assertEqual(
+          list(zip(columns["user"], columns["item"], columns["rating"])),
+          want[info.client_id])
+    # A shard dir without it (an earlier version's) gets it on reuse; a
+    # stale one (eval split changed) is rebuilt.
+    shutil.rmtree(held_out.shard_dir)
+    movielens.find_or_prepare(self.ml1m, manifest.shard_dir)
+    self.assertEqual(shards.load_held_out(manifest).client_ids(),
+                     held_out.client_ids())
+    other = movielens.find_or_prepare(self.ml1m, manifest.shard_dir,
+                                      eval_fraction=0.5)
+    self.assertEqual(
+        sum(c.num_examples for c in shards.load_held_out(other).clients),
+        other.eval.num_examples)
+
   def test_client_ratings_sorted_by_time(self):
     manifest = movielens.prepare(self.ml1m, os.path.join(self.root, "s"),
                                  eval_fraction=0.0)
     self.assertIsNone(manifest.eval)
+    self.assertEmpty(shards.load_held_out(manifest).clients)
     by_user = collections.defaultdict(list)
     for user, item, _, ts in self.rows:
       by_user[user].append((ts, item))

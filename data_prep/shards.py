@@ -4,6 +4,9 @@ Layout of a shard directory:
   manifest.json                   the Manifest below; written last
   clients/<client_id>.tfrecord    one tf.train.Example per example
   eval.tfrecord                   held-out examples, same format (optional)
+  held_out/                       optional: a shard dir (same layout) of
+                                  per-client held-out examples, for tasks
+                                  evaluated on the clients themselves
 
 Each feature is described by a spec entry, saved in the manifest:
   {"kind": "bytes", "dtype": "uint8", "shape": [28, 28]}  raw array bytes
@@ -34,6 +37,7 @@ from data_prep.manifest import (  # pylint: disable=unused-import  (re-exported)
     CLIENTS_DIR,
     EVAL_FILE,
     EVAL_ID,
+    HELD_OUT_DIR,
     SHARD_SUFFIX,
     KINDS,
     BYTES_DTYPES,
@@ -44,6 +48,7 @@ from data_prep.manifest import (  # pylint: disable=unused-import  (re-exported)
     Manifest,
     check_features_spec,
     load_manifest,
+    load_held_out,
     manifest_to_json,
     manifest_from_json,
     write_manifest,

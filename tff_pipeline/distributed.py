@@ -121,6 +121,8 @@ class ClusterView:
   server_of: dict[str, str]  # pod -> edge server
   # client id -> hex X25519 public key (SecAgg), from the pods.
   public_keys: dict[str, str] = dataclasses.field(default_factory=dict)
+  # Clients whose pod holds their held-out data (held_out/), sorted.
+  held_out_clients: tuple[str, ...] = ()
 
 
 def _same_dataset(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -146,6 +148,7 @@ class Cluster:
     pod_of: dict[str, str] = {}
     server_of: dict[str, str] = {}
     public_keys: dict[str, str] = {}
+    held_out: list[str] = []
     clients: list[shards.ShardInfo] = []
     reference = None
     for server in self.servers:
@@ -180,13 +183,20 @@ class Cluster:
           pod_of[info.client_id] = pod['name']
           clients.append(info)
         public_keys.update(pod.get('public_keys') or {})
+        for client_id in pod.get('held_out_clients') or []:
+          if pod_of.get(client_id) != pod['name']:
+            raise ClusterError(
+                f'pod {pod["name"]} holds held-out data of client {client_id} '
+                'but not its training data; place the pods\' data again')
+          held_out.append(client_id)
     if reference is None or not clients:
       raise ClusterError('the pods of the topology hold no clients')
     # Manifest order is client-id order, the same as a local run's manifest.
     clients.sort(key=lambda info: info.client_id)
     manifest = dataclasses.replace(reference[2], clients=tuple(clients),
                                    eval=None)
-    return ClusterView(manifest, pod_of, server_of, public_keys)
+    return ClusterView(manifest, pod_of, server_of, public_keys,
+                       tuple(sorted(held_out)))
 
   def close(self) -> None:
     for server in self.servers:

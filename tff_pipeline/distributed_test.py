@@ -1,6 +1,7 @@
 """Coordinator-side checks that need edge servers but no training."""
 
 import os
+from typing import Optional
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -28,11 +29,15 @@ def _manifest(clients: list[str], task: str = 'toy') -> dict:
 class ClusterDescribeTest(absltest.TestCase):
   """A real edge server asks real pod endpoints for their manifests."""
 
-  def _cluster(self, pods: dict[str, dict]) -> distributed.Cluster:
+  def _cluster(self, pods: dict[str, dict],
+               held_out: Optional[dict[str, list[str]]] = None
+               ) -> distributed.Cluster:
     specs = []
     for name, manifest in pods.items():
+      reply = {'pod': name, 'manifest': manifest,
+               'held_out_clients': (held_out or {}).get(name, [])}
       server = health.HealthServer(0, {'/control/manifest': (
-          lambda n=name, m=manifest: (200, {'pod': n, 'manifest': m}))})
+          lambda r=reply: (200, r))})
       server.start()
       self.addCleanup(server.stop)
       specs.append(topology_lib.Pod(name, '127.0.0.1:1',
@@ -54,6 +59,24 @@ class ClusterDescribeTest(absltest.TestCase):
     self.assertEqual(view.server_of, {'edge-0': 'es-0', 'edge-1': 'es-0'})
     self.assertEqual(view.manifest.client_ids(), ['a', 'b', 'c', 'd'])
     self.assertEqual(view.manifest.shard_dir, '.')
+
+  def test_collects_held_out_clients_of_the_pods(self):
+    view = self._cluster({'edge-0': _manifest(['b', 'd']),
+                          'edge-1': _manifest(['a', 'c'])},
+                         held_out={'edge-0': ['d'], 'edge-1': ['a', 'c']}
+                         ).describe()
+    self.assertEqual(view.held_out_clients, ('a', 'c', 'd'))
+    view = self._cluster({'edge-0': _manifest(['a'])}).describe()
+    self.assertEqual(view.held_out_clients, ())
+
+  def test_held_out_data_away_from_its_client_is_refused(self):
+    cluster = self._cluster({'edge-0': _manifest(['a']),
+                             'edge-1': _manifest(['b'])},
+                            held_out={'edge-1': ['a']})
+    with self.assertRaisesRegex(
+        distributed.ClusterError,
+        'pod edge-1 holds held-out data of client a but not its training'):
+      cluster.describe()
 
   def test_client_on_two_pods_is_refused(self):
     cluster = self._cluster({'edge-0': _manifest(['a', 'b']),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from typing import Any, Callable, Optional
@@ -43,8 +44,11 @@ class Task:
   # Tasks whose algorithm is not FedAvg/FedProx over one Keras model (e.g.
   # Federated Reconstruction): (config, dataset computation) -> process.
   process_builder: Optional[Callable[..., Any]] = None
-  # Replaces the central held-out evaluation of the global Keras model.
-  evaluator_builder: Optional[Callable[[], Any]] = None
+  # Replaces the central held-out evaluation of the global Keras model with a
+  # federated one on the clients' own held-out data:
+  # (held-out client ids or None for the local shard dir's, distribute or
+  # None for the current context) -> an evaluator with evaluate(weights).
+  evaluator_builder: Optional[Callable[..., Any]] = None
 
   @property
   def input_spec(self) -> tuple[tf.TensorSpec, tf.TensorSpec]:
@@ -263,7 +267,8 @@ def _movielens_task(config: TrainConfig, manifest: shards.Manifest) -> Task:
       metrics_builder=lambda: [],
       process_builder=lambda cfg, datasets: recommendation.build_training_process(
           manifest, cfg, datasets),
-      evaluator_builder=lambda: recommendation.FedReconEvaluator(manifest, config),
+      evaluator_builder=functools.partial(recommendation.FedReconEvaluator,
+                                          manifest, config),
   )
 
 

@@ -108,34 +108,66 @@ class _RemoteSetup:
   @classmethod
   def connect(cls, config: TrainConfig) -> '_RemoteSetup':
     topology = topology_lib.load(config.topology)
-    if not topology.eval_data:
-      raise UserError(f'--topology={config.topology} has no eval_data: the '
-                      'coordinator needs a held-out shard dir to evaluate on')
-    eval_manifest = shards.load_manifest(topology.eval_data)
-    shards.verify_shards(eval_manifest)
-    eval_task = tasks.from_manifest(config, eval_manifest)
-    if eval_task.evaluator_builder is not None:
-      # Its evaluation reads each user's own training ratings, which live on
-      # the pods; running that evaluation on the pods is not built yet.
-      raise UserError(f'--task={config.task} evaluates federated on its '
-                      'users\' own data, which --executor=remote does not '
-                      'support yet; train it with --executor=local')
+    eval_manifest = None
+    if topology.eval_data:
+      eval_manifest = shards.load_manifest(topology.eval_data)
+      shards.verify_shards(eval_manifest)
     tls_dir = config.tls_dir or topology.tls_dir
     tls = tls_lib.TlsFiles.from_dir(tls_dir, 'coordinator') if tls_dir else None
     cluster = distributed.Cluster(topology, tls)
-    view = cluster.describe()
-    if (view.manifest.task, view.manifest.features) != (
-        eval_manifest.task, eval_manifest.features):
-      raise UserError(
-          f'the pods hold {view.manifest.task!r} data but eval_data '
-          f'{topology.eval_data} holds {eval_manifest.task!r} data; place '
-          'both from the same data_prep run')
-    return cls(cluster, view, tasks.from_manifest(config, view.manifest),
-               eval_task)
+    try:
+      view = cluster.describe()
+      task = tasks.from_manifest(config, view.manifest)
+      if task.evaluator_builder is not None:
+        # Evaluated on the pods, on each user's own held-out data.
+        if not view.held_out_clients:
+          raise UserError(
+              f'--task={config.task} is evaluated on the pods, but none of '
+              f'the pods of {config.topology} holds held-out data '
+              f'({shards.HELD_OUT_DIR}/); place the data with '
+              'workers.pod_data or workers.local_cluster')
+        return cls(cluster, view, task, task)
+      if eval_manifest is None:
+        raise UserError(
+            f'--topology={config.topology} has no eval_data: the coordinator '
+            'needs a held-out shard dir to evaluate on')
+      if (view.manifest.task, view.manifest.features) != (
+          eval_manifest.task, eval_manifest.features):
+        raise UserError(
+            f'the pods hold {view.manifest.task!r} data but eval_data '
+            f'{topology.eval_data} holds {eval_manifest.task!r} data; place '
+            'both from the same data_prep run')
+      return cls(cluster, view, task, tasks.from_manifest(config, eval_manifest))
+    except BaseException:
+      cluster.close()
+      raise
+
+  def _merger(self) -> executor_client.ExecutorClient:
+    return executor_client.ExecutorClient(runtime.local_worker().target)
+
+  def federated_evaluator(self, config: TrainConfig):
+    """The task's federated evaluation, run on the pods' held-out data."""
+    merger = self._merger()
+
+    def distribute(comp):
+      evaluation = distributed.DistributedRound(
+          self.cluster, self.view, comp, merger,
+          round_timeout=config.round_timeout, retries=config.round_retries)
+
+      def run(state, keys):
+        output, report = evaluation((state, keys), keys)
+        if report.failures:
+          logging.warning('evaluation left out the users of failed pods: %s',
+                          report.causes())
+        return output
+
+      return run
+
+    return self.task.evaluator_builder(self.view.held_out_clients, distribute)
 
   def round_runner(self, process, config: TrainConfig):
     """(state, keys, sampled ids, round) -> (process output, RoundReport)."""
-    merger = executor_client.ExecutorClient(runtime.local_worker().target)
+    merger = self._merger()
     if aggregators.is_secure(config):
       # Masks are read relative to each pod executor's working directory.
       form = secure_round.SecureForm(process.next,
@@ -222,9 +254,12 @@ def run(config: TrainConfig,
   _save_config(config)
   tf.keras.utils.set_random_seed(config.seed)
   process = algorithms.build_training_process(task, config)
-  evaluator = (eval_task.evaluator_builder() if eval_task.evaluator_builder
-               else evaluation.CentralEvaluator(eval_task,
-                                                config.eval_batch_size))
+  if eval_task.evaluator_builder is None:
+    evaluator = evaluation.CentralEvaluator(eval_task, config.eval_batch_size)
+  elif remote is not None:
+    evaluator = remote.federated_evaluator(config)
+  else:
+    evaluator = eval_task.evaluator_builder()
   if remote is not None:
     run_round = remote.round_runner(process, config)
   elif aggregators.is_secure(config):

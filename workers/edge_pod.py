@@ -103,6 +103,7 @@ class EdgePod:
     self.manifest = manifest_lib.load_manifest(data_dir)
     if verify:
       manifest_lib.verify_shards(self.manifest)
+    self.held_out_clients = self._held_out_clients(verify)
     self._keys = secagg_masks.PodKeys(
         secagg_masks.load_or_create_secret(
             secagg_key_file or os.path.join(self.manifest.shard_dir,
@@ -149,9 +150,25 @@ class EdgePod:
     return (200 if ready else 503), {'pod': self.name, 'ready': ready,
                                      'clients': len(self.manifest.clients)}
 
+  def _held_out_clients(self, verify: bool) -> list[str]:
+    """Clients with held-out shards in held_out/ (evaluated on this pod)."""
+    held_out = manifest_lib.load_held_out(self.manifest)
+    if held_out is None:
+      return []
+    if verify:
+      manifest_lib.verify_shards(held_out)
+    strangers = sorted(set(held_out.client_ids()) - set(self.manifest.client_ids()))
+    if strangers:
+      raise DataPrepError(
+          f'{held_out.shard_dir} holds held-out data of clients this pod does not '
+          f'hold ({", ".join(strangers[:5])}); place the pod\'s data again '
+          '(workers.pod_data)')
+    return held_out.client_ids()
+
   def _manifest(self):
     return 200, {'pod': self.name, 'manifest': self._manifest_raw,
-                 'public_keys': self._keys.public_keys}
+                 'public_keys': self._keys.public_keys,
+                 'held_out_clients': self.held_out_clients}
 
   def _secagg_masks(self, request):
     start = time.monotonic()

@@ -30,6 +30,16 @@ def _shard_dir() -> str:
       partition={'method': 'natural'}, source={}, label_key='y').shard_dir
 
 
+def _run_to_exit(data_dir: str) -> subprocess.CompletedProcess:
+  """Runs a pod expected to refuse `data_dir` at start."""
+  env = dict(os.environ, PYTHONPATH=_REPO, TF_CPP_MIN_LOG_LEVEL='3')
+  return subprocess.run(
+      [sys.executable, '-m', 'workers.edge_pod', f'--data_dir={data_dir}',
+       f'--port={portpicker.pick_unused_port()}',
+       f'--health_port={portpicker.pick_unused_port()}'],
+      cwd=_REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
 class EdgePodTest(absltest.TestCase):
 
   def _start(self, data_dir: str, *extra: str):
@@ -168,15 +178,38 @@ class EdgePodTest(absltest.TestCase):
     data_dir = _shard_dir()
     with open(os.path.join(data_dir, 'clients', 'c1.tfrecord'), 'r+b') as f:
       f.write(b'\xff\xff')
-    env = dict(os.environ, PYTHONPATH=_REPO, TF_CPP_MIN_LOG_LEVEL='3')
-    result = subprocess.run(
-        [sys.executable, '-m', 'workers.edge_pod', f'--data_dir={data_dir}',
-         f'--port={portpicker.pick_unused_port()}',
-         f'--health_port={portpicker.pick_unused_port()}'],
-        cwd=_REPO, env=env, capture_output=True, text=True, timeout=120)
+    result = _run_to_exit(data_dir)
     self.assertEqual(result.returncode, 2)
     self.assertIn('c1.tfrecord', result.stderr)
     self.assertIn('error: edge pod', result.stderr)
+
+
+  def _with_held_out(self, client_ids):
+    data_dir = _shard_dir()
+    shards.write_shards(
+        os.path.join(data_dir, shards.HELD_OUT_DIR), 'toy',
+        {'x': {'kind': 'int64', 'shape': [2]},
+         'y': {'kind': 'int64', 'shape': []}},
+        ((c, {'x': np.zeros((1, 2), np.int64), 'y': np.zeros(1, np.int64)})
+         for c in client_ids), eval_examples=None, num_classes=None,
+        partition={}, source={}, label_key=None)
+    return data_dir
+
+  def test_reports_which_clients_it_holds_held_out_data_of(self):
+    _, address = self._start(self._with_held_out(['c0', 'c2']))
+    status, body = health.get_json(address, '/manifest')
+    self.assertEqual(status, 200)
+    self.assertEqual(body['held_out_clients'], ['c0', 'c2'])
+    _, address = self._start(_shard_dir())
+    self.assertEqual(health.get_json(address, '/manifest')[1]
+                     ['held_out_clients'], [])
+
+  def test_held_out_data_of_a_client_it_does_not_hold_is_refused(self):
+    data_dir = self._with_held_out(['c1', 'c9'])
+    result = _run_to_exit(data_dir)
+    self.assertEqual(result.returncode, 2, result.stderr)
+    self.assertIn('clients this pod does not hold (c9)', result.stderr)
+    self.assertIn('held_out', result.stderr)
 
 
 if __name__ == '__main__':

@@ -128,6 +128,7 @@ class EdgeServer:
           raise OSError(f'HTTP {status}: {body}')
         entry['manifest'] = body['manifest']
         entry['public_keys'] = body.get('public_keys') or {}
+        entry['held_out_clients'] = body.get('held_out_clients') or []
       except (OSError, ValueError, KeyError, TypeError) as e:
         entry['error'] = f'{pod.name} at {pod.health}: {e}'
       pods.append(entry)

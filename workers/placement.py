@@ -41,7 +41,11 @@ def _link_or_copy(source: str, target: str) -> None:
 
 def write_pod_dir(manifest: shards.Manifest, client_ids: list[str],
                   pod_dir: str) -> shards.Manifest:
-  """A shard dir holding only `client_ids` (no eval split), as a pod sees it."""
+  """A shard dir holding only `client_ids` (no eval split), as a pod sees it.
+
+  If the data has per-client held-out shards (shards.HELD_OUT_DIR), those of
+  `client_ids` go along, in the pod dir's own held_out/.
+  """
   if os.path.exists(pod_dir):
     shutil.rmtree(pod_dir)
   os.makedirs(pod_dir)
@@ -50,15 +54,26 @@ def write_pod_dir(manifest: shards.Manifest, client_ids: list[str],
     _link_or_copy(manifest.path(info), os.path.join(pod_dir, info.file))
   pod_manifest = dataclasses.replace(manifest, shard_dir=pod_dir,
                                      clients=infos, eval=None)
+  held_out = shards.load_held_out(manifest)
+  if held_out is not None:
+    held = set(held_out.client_ids())
+    write_pod_dir(held_out, [c for c in client_ids if c in held],
+                  os.path.join(pod_dir, shards.HELD_OUT_DIR))
   shards.write_manifest(pod_manifest)
   return pod_manifest
 
 
 def write_eval_dir(manifest: shards.Manifest, eval_dir: str) -> shards.Manifest:
-  """A shard dir holding only the held-out split, for the coordinator."""
+  """A shard dir holding only the held-out split, for the coordinator.
+
+  Data with per-client held-out shards is evaluated on the pods: the
+  coordinator then gets the manifest without the held-out examples.
+  """
   if os.path.exists(eval_dir):
     shutil.rmtree(eval_dir)
   os.makedirs(eval_dir)
+  if shards.load_held_out(manifest) is not None:
+    manifest = dataclasses.replace(manifest, eval=None)
   if manifest.eval is not None:
     _link_or_copy(manifest.path(manifest.eval),
                   os.path.join(eval_dir, manifest.eval.file))

@@ -56,5 +56,35 @@ class PlacementTest(absltest.TestCase):
     self.assertFalse(os.path.exists(os.path.join(reloaded.shard_dir, 'clients')))
 
 
+  def test_per_client_held_out_data_goes_with_its_clients(self):
+    root = tempfile.mkdtemp()
+    manifest = _manifest(root)
+    features = manifest.features
+    held = {c: {'x': np.full((2, 2), i, np.int64), 'y': np.zeros(2, np.int64)}
+            for i, c in enumerate(['c1', 'c2', 'c4'])}
+    shards.write_shards(
+        os.path.join(manifest.shard_dir, shards.HELD_OUT_DIR), 'toy',
+        features, held.items(), eval_examples=None, num_classes=None,
+        partition={}, source={}, label_key=None)
+    pod = placement.write_pod_dir(manifest, ['c1', 'c3', 'c4'],
+                                  os.path.join(root, 'pod'))
+    pod_held_out = shards.load_held_out(pod)
+    shards.verify_shards(pod_held_out)
+    self.assertEqual(pod_held_out.client_ids(), ['c1', 'c4'])
+    np.testing.assert_array_equal(
+        shards.read_numpy(pod_held_out, pod_held_out.client('c4'))['x'],
+        held['c4']['x'])
+    # The coordinator then gets no held-out examples: they stay with users.
+    evaluation = placement.write_eval_dir(manifest, os.path.join(root, 'ev'))
+    self.assertIsNone(shards.load_manifest(evaluation.shard_dir).eval)
+    self.assertEqual(os.listdir(evaluation.shard_dir), [shards.MANIFEST_FILE])
+
+  def test_pod_dir_without_held_out_data_has_none(self):
+    root = tempfile.mkdtemp()
+    pod = placement.write_pod_dir(_manifest(root), ['c0'],
+                                  os.path.join(root, 'pod'))
+    self.assertIsNone(shards.load_held_out(pod))
+
+
 if __name__ == '__main__':
   absltest.main()
