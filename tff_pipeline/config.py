@@ -533,10 +533,6 @@ def validate(config: TrainConfig) -> None:
     raise UserError('--executor=remote needs --topology=<file>; start a '
                     'cluster with `python -m workers.local_cluster '
                     '--topology_out=topology.yaml` or write one')
-  if config.aggregator != 'mean' and config.task == 'movielens':
-    raise UserError(f'--aggregator={config.aggregator} is not available for '
-                    '--task=movielens (Federated Reconstruction has its own '
-                    'aggregation); use --aggregator=mean')
   if config.num_clients and config.clients_per_round > config.num_clients:
     raise UserError(
         f'--clients_per_round={config.clients_per_round} is greater than '

@@ -18,6 +18,7 @@ import tensorflow_federated as tff
 
 from data_prep import movielens as movielens_prep
 from data_prep import shards
+from tff_pipeline import aggregators
 from tff_pipeline import keras_metrics
 from tff_pipeline import optimizers
 from tff_pipeline.config import TrainConfig
@@ -177,7 +178,13 @@ def _metrics():
 def build_training_process(manifest: shards.Manifest, config: TrainConfig,
                            dataset_computation: tff.Computation
                            ) -> tff.learning.templates.LearningProcess:
-  """Fed Recon over client keys (datasets built on the executor)."""
+  """Fed Recon over client keys (datasets built on the executor).
+
+  The item-weight updates are aggregated by --aggregator: TFF's weighted mean
+  by default; SecAgg and DP aggregators are unweighted (each user counts
+  once), as in DP-FedAvg.
+  """
+  aggregator = aggregators.build(config, len(manifest.clients))
   process = tff.learning.algorithms.build_fed_recon(
       model_fn_for(manifest.source['num_items'], config.seed),
       loss_fn=_loss,
@@ -187,6 +194,9 @@ def build_training_process(manifest: shards.Manifest, config: TrainConfig,
       reconstruction_optimizer_fn=optimizers.build(
           'sgd', RECONSTRUCTION_LEARNING_RATE),
       dataset_split_fn=_train_split_fn,
+      model_aggregator_factory=aggregator,
+      client_weighting=(None if aggregator is None
+                        else tff.learning.ClientWeighting.UNIFORM),
   )
   return tff.simulation.compose_dataset_computation_with_learning_process(
       dataset_computation, process)
