@@ -65,12 +65,17 @@ class AggregatorsTest(absltest.TestCase):
                          ({'clip': 0}, '--clip'),
                          ({'secagg_bits': 60}, '--secagg_bits'),
                          ({'delta': 1.5}, '--delta'),
-                         ({'client_sampling': 'random'}, '--client_sampling'),
-                         ({'task': 'movielens', 'aggregator': 'secagg'},
-                          '--aggregator=secagg')):
+                         ({'client_sampling': 'random'}, '--client_sampling')):
       with self.subTest(flag):
         with self.assertRaisesRegex(UserError, flag):
           _config(**values)
+
+
+  def test_movielens_takes_every_aggregator(self):
+    # Fed Recon aggregates its item updates with any of them.
+    for name in ('secagg', 'dp_fixed', 'secagg_dp'):
+      config = _config(task='movielens', aggregator=name)
+      self.assertIsNotNone(aggregators.build(config, 943))
 
 
 if __name__ == '__main__':
