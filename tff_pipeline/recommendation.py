@@ -16,12 +16,12 @@ from typing import Any, Callable, Optional, Sequence
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from data_prep import movielens as movielens_prep
 from data_prep import shards
 from tff_pipeline import aggregators
 from tff_pipeline import keras_metrics
 from tff_pipeline import optimizers
 from tff_pipeline.config import TrainConfig
+from tff_pipeline.errors import UserError
 
 EMBEDDING_DIM = 50
 # L2 penalties per rating on the rows it touches: lambda * ||row||^2 for the
@@ -255,11 +255,16 @@ class FedReconEvaluator:
       manifest: The training shards (shard_dir '.' on pods).
       config: The run's config.
       held_out_clients: Users to evaluate; None: those of the local shard
-        dir's held_out/ (built from its eval split if missing).
+        dir's held_out/ (data_prep.movielens writes it).
       distribute: Where evaluation rounds run; None: the current context.
     """
     if held_out_clients is None:
-      held_out_clients = movielens_prep.held_out_by_user(manifest).client_ids()
+      held_out = shards.load_held_out(manifest)
+      if held_out is None:
+        raise UserError(f'{manifest.shard_dir} has no {shards.HELD_OUT_DIR}/ '
+                        'of per-user held-out ratings; prepare it with '
+                        'python -m data_prep.movielens')
+      held_out_clients = held_out.client_ids()
     features = manifest.features
     shard_dir = manifest.shard_dir
     held_out_dir = os.path.join(shard_dir, shards.HELD_OUT_DIR)

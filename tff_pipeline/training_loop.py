@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -142,16 +143,17 @@ class _RemoteSetup:
       cluster.close()
       raise
 
-  def _merger(self) -> executor_client.ExecutorClient:
+  @functools.cached_property
+  def merger(self) -> executor_client.ExecutorClient:
+    """Merges edge-server partials on the coordinator's local worker."""
     return executor_client.ExecutorClient(runtime.local_worker().target)
 
   def federated_evaluator(self, config: TrainConfig):
     """The task's federated evaluation, run on the pods' held-out data."""
-    merger = self._merger()
 
     def distribute(comp):
       evaluation = distributed.DistributedRound(
-          self.cluster, self.view, comp, merger,
+          self.cluster, self.view, comp, self.merger,
           round_timeout=config.round_timeout, retries=config.round_retries)
 
       def run(state, keys):
@@ -167,16 +169,15 @@ class _RemoteSetup:
 
   def round_runner(self, process, config: TrainConfig):
     """(state, keys, sampled ids, round) -> (process output, RoundReport)."""
-    merger = self._merger()
     if aggregators.is_secure(config):
       # Masks are read relative to each pod executor's working directory.
       form = secure_round.SecureForm(process.next,
                                      len(self.view.manifest.clients), '.')
       return secure_round.RemoteSecureRound(
-          self.cluster, self.view, form, merger,
+          self.cluster, self.view, form, self.merger,
           round_timeout=config.round_timeout, retries=config.round_retries)
     distributed_next = distributed.DistributedRound(
-        self.cluster, self.view, process.next, merger,
+        self.cluster, self.view, process.next, self.merger,
         round_timeout=config.round_timeout, retries=config.round_retries)
     return lambda state, keys, sampled, round_num: distributed_next(
         (state, keys), sampled)
@@ -337,16 +338,16 @@ def run(config: TrainConfig,
     if on_round is not None:
       on_round(row)
   writer.close()
-  if remote is not None:
-    remote.close()
-  if mask_root is not None:
-    shutil.rmtree(mask_root, ignore_errors=True)
-
   all_rows = metrics_io.read_metrics(config.output_dir)
   if last_eval is None:
     evaluated = [r for r in all_rows if 'eval' in r]
     last_eval = evaluated[-1]['eval'] if evaluated else evaluator.evaluate(
         process.get_model_weights(state))
+  # Only now: the evaluation above may still run on the cluster.
+  if remote is not None:
+    remote.close()
+  if mask_root is not None:
+    shutil.rmtree(mask_root, ignore_errors=True)
   summary = {
       'final_round': config.rounds,
       'final_eval': last_eval,

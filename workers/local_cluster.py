@@ -125,9 +125,11 @@ class LocalCluster:
                       'as root or pass --netns=false')
     self.pod_threads = pod_threads
     # Mutual TLS on every channel, as a real deployment; needs nginx.
-    self.use_tls = _nginx_installed() if use_tls is None else use_tls
-    if self.use_tls:
+    if use_tls is None:
+      use_tls = _nginx_installed()
+    elif use_tls:
       tls_terminator.find_nginx()  # Raises, saying how to install it.
+    self.use_tls = use_tls
     self.tls_dir: Optional[str] = None
     # All pods share this machine's cores: one computing pod per core (more
     # only time-share the cores, each running slower).
@@ -170,7 +172,7 @@ class LocalCluster:
   def _argv(self, namespace: Optional[str], module: str,
             args: list[str]) -> list[str]:
     argv = [sys.executable, '-m', module, *args]
-    return self._network.command(namespace, argv) if namespace else argv
+    return netns.command(namespace, argv) if namespace else argv
 
   def start(self, ready_timeout: float = 180.0) -> 'LocalCluster':
     """Brings everything up; raises UserError naming what failed."""

@@ -60,6 +60,11 @@ def remove_stale() -> list[str]:
   return removed
 
 
+def command(namespace: str, argv: list[str]) -> list[str]:
+  """`argv` run inside `namespace` (ip execs it: no extra process)."""
+  return ['ip', 'netns', 'exec', namespace, *argv]
+
+
 class Network:
   """A bridge 10.<net>.0.1/16 and namespaces attached to it."""
 
@@ -130,10 +135,6 @@ class Network:
     _ip('-n', namespace, 'link', 'set', inner, 'up')
     _ip('-n', namespace, 'link', 'set', 'lo', 'up')
     return namespace
-
-  def command(self, namespace: str, argv: list[str]) -> list[str]:
-    """`argv` run inside `namespace` (ip execs it: no extra process)."""
-    return ['ip', 'netns', 'exec', namespace, *argv]
 
   def destroy(self) -> None:
     for namespace in self.namespaces:

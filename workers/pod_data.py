@@ -47,6 +47,10 @@ from tff_pipeline.errors import UserError
 from workers import placement
 
 STAMP_FILE = '.pod_data.json'
+# What a placed dir holds; a stamp of another layout is placed again.
+# 2: per-client held-out shards go with their clients (held_out/).
+LAYOUT = 2
+
 
 def define_flags() -> None:
   """The CLI's own flags (the training flags come from tff_pipeline.train);
@@ -84,7 +88,7 @@ def data_key(config: config_lib.TrainConfig) -> str:
 
 def _stamp(kind: str, config: config_lib.TrainConfig, **extra: Any
            ) -> dict[str, Any]:
-  return {'kind': kind, 'data': data_key(config), **extra}
+  return {'kind': kind, 'layout': LAYOUT, 'data': data_key(config), **extra}
 
 
 def _read_stamp(directory: str) -> Optional[dict[str, Any]]:

@@ -82,6 +82,16 @@ class PodDataTest(absltest.TestCase):
     _, reused = pod_data.place_pod(self._prepared(seed=1), 'edge-0', 3, out)
     self.assertFalse(reused)
 
+  def test_a_dir_placed_in_an_older_layout_is_placed_again(self):
+    out = os.path.join(self.root, 'pod', 'shards')
+    pod_data.place_pod(self._prepared(), 'edge-0', 2, out)
+    stamp = pod_data._read_stamp(out)
+    stamp['layout'] = pod_data.LAYOUT - 1
+    pod_data._write_stamp(out, stamp)
+    _, reused = pod_data.place_pod(self._prepared(), 'edge-0', 2, out)
+    self.assertFalse(reused)
+    self.assertEqual(pod_data._read_stamp(out)['layout'], pod_data.LAYOUT)
+
   def test_damaged_shards_are_placed_again(self):
     out = os.path.join(self.root, 'pod', 'shards')
     ids, _ = pod_data.place_pod(self._prepared(), 'edge-0', 2, out)

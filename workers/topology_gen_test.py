@@ -118,6 +118,12 @@ class _FakeEdgeServer:
 
 class WaitReadyTest(absltest.TestCase):
 
+  def _started_fake(self, pods: list[str]) -> _FakeEdgeServer:
+    fake = _FakeEdgeServer(pods)
+    fake.server.start()
+    self.addCleanup(fake.server.stop, None)
+    return fake
+
   def _topology(self, port: int) -> topology.Topology:
     return topology_gen.generate(
         2, 1, pod_address='127.0.0.1:{i}000', pod_health='127.0.0.1:{i}001',
@@ -129,18 +135,14 @@ class WaitReadyTest(absltest.TestCase):
       topology_gen.wait_ready(self._topology(port), None, timeout=1, poll=0.2)
 
   def test_names_the_pod_that_is_not_up(self):
-    fake = _FakeEdgeServer(['edge-0', 'edge-1'])
-    fake.server.start()
-    self.addCleanup(fake.server.stop, None)
+    fake = self._started_fake(['edge-0', 'edge-1'])
     fake.errors = {'edge-1': 'connection refused'}
     with self.assertRaisesRegex(UserError, 'pod edge-1: connection refused'):
       topology_gen.wait_ready(self._topology(fake.port), None, timeout=0.5,
                               poll=0.1)
 
   def test_waits_while_a_client_is_on_two_pods(self):
-    fake = _FakeEdgeServer(['edge-0', 'edge-1'])
-    fake.server.start()
-    self.addCleanup(fake.server.stop, None)
+    fake = self._started_fake(['edge-0', 'edge-1'])
     fake.errors = {}
     fake.clients = {'edge-0': ['c0', 'c2'], 'edge-1': ['c1', 'c2']}
     with self.assertRaisesRegex(UserError,
@@ -149,9 +151,7 @@ class WaitReadyTest(absltest.TestCase):
                               poll=0.1)
 
   def test_returns_once_every_pod_answers(self):
-    fake = _FakeEdgeServer(['edge-0', 'edge-1'])
-    fake.server.start()
-    self.addCleanup(fake.server.stop, None)
+    fake = self._started_fake(['edge-0', 'edge-1'])
 
     def pods_come_up():
       fake.errors = {}

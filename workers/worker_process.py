@@ -20,6 +20,8 @@ import importlib.util
 import grpc
 import portpicker
 
+from workers import netns as netns_lib
+
 # Found without importing TFF (and TF): an edge pod's own process stays small.
 WORKER_BINARY = os.path.join(
     importlib.util.find_spec('tensorflow_federated')
@@ -102,12 +104,13 @@ class WorkerProcess:
   def start(self, timeout: float = 60.0) -> 'WorkerProcess':
     """Starts the service and waits until it answers."""
     args = [
-        *(['ip', 'netns', 'exec', self._netns] if self._netns else []),
         WORKER_BINARY,
         f'--port={self.port}',
         f'--max_concurrent_computation_calls={self._max_calls}',
         f'--grpc_max_message_length_megabytes={GRPC_MAX_MESSAGE_MB}',
     ]
+    if self._netns:
+      args = netns_lib.command(self._netns, args)
     output = subprocess.DEVNULL
     if self._log_path == INHERIT_OUTPUT:
       output = None
