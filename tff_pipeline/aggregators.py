@@ -9,10 +9,11 @@ import tensorflow_federated as tff
 
 from tff_pipeline import privacy
 from tff_pipeline import secagg
+from tff_pipeline import config as config_lib
 from tff_pipeline.config import TrainConfig
 
 SECURE = frozenset({'secagg', 'secagg_dp'})
-PRIVATE = frozenset({'dp_fixed', 'dp_adaptive', 'secagg_dp'})
+PRIVATE = frozenset(config_lib.DP_AGGREGATORS)
 # dp_adaptive's clip learning rate: TFF's DP-FedAvg default.
 _ADAPTIVE_CLIP_LEARNING_RATE = 0.2
 

@@ -56,9 +56,16 @@ class AggregatorsTest(absltest.TestCase):
                                        config.delta)['epsilon_rdp'], 4.0)
 
   def test_without_target_the_flag_is_used(self):
-    config = _config(aggregator='dp_fixed', noise_multiplier=0.7)
+    config = _config(aggregator='dp_fixed', noise_multiplier=0.7,
+                     client_sampling='uniform')
     self.assertEqual(aggregators.noise_multiplier(config, 100), 0.7)
     self.assertEqual(aggregators.sampling_of(config, 100).kind, 'fixed')
+
+  def test_dp_aggregators_sample_poisson_by_default(self):
+    for name in aggregators.PRIVATE:
+      self.assertEqual(_config(aggregator=name).client_sampling, 'poisson')
+    for name in ('mean', 'secagg'):
+      self.assertEqual(_config(aggregator=name).client_sampling, 'uniform')
 
   def test_bad_values_are_user_errors(self):
     for values, flag in (({'aggregator': 'secure'}, '--aggregator'),

@@ -40,7 +40,9 @@ CLIENT_OPTIMIZERS = ('sgd', 'sgdm', 'adam')
 SERVER_OPTIMIZERS = ('sgd', 'sgdm', 'adam', 'yogi', 'adagrad')
 EXECUTORS = ('local', 'remote')
 AGGREGATORS = ('mean', 'secagg', 'dp_fixed', 'dp_adaptive', 'secagg_dp')
-CLIENT_SAMPLINGS = ('uniform', 'poisson')
+# Aggregators with a DP guarantee (an epsilon per round).
+DP_AGGREGATORS = ('dp_fixed', 'dp_adaptive', 'secagg_dp')
+CLIENT_SAMPLINGS = ('auto', 'uniform', 'poisson')
 
 
 def _opt(
@@ -134,10 +136,11 @@ class TrainConfig:
       '--client_sampling=poisson, the expected number.',
       fedml=('train_args.client_num_per_round',), check=_at_least(1))
   client_sampling: str = _opt(
-      'uniform', 'train_args',
+      'auto', 'train_args',
       'uniform: exactly --clients_per_round clients without replacement; '
       'poisson: each client independently with probability '
-      'clients_per_round/num_clients (what DP accounting assumes best).',
+      'clients_per_round/num_clients (what DP accounting analyses best); '
+      'auto: poisson with a DP aggregator, uniform otherwise.',
       choices=CLIENT_SAMPLINGS)
   client_epochs: int = _opt(1, 'train_args',
                             'Local epochs over each client dataset per round.',
@@ -508,6 +511,9 @@ def resolve(yaml_values: Mapping[str, Any],
         'runs', f'{task}-{time.strftime("%Y%m%d-%H%M%S")}')
   task = merged.get('task', TrainConfig.task)
   merged = {**TASK_DEFAULTS.get(task, {}), **merged}
+  if merged.get('client_sampling', 'auto') == 'auto':
+    private = merged.get('aggregator', TrainConfig.aggregator) in DP_AGGREGATORS
+    merged['client_sampling'] = 'poisson' if private else 'uniform'
   config = TrainConfig(**merged)
   validate(config)
   return config

@@ -5,6 +5,16 @@ replacement) and adds Gaussian noise with standard deviation
 `noise_multiplier * clip` to the sum of clipped client updates; the run is
 that round mechanism composed `rounds` times. The unit of privacy is one
 client (user-level DP). All accounting math is dp_accounting's.
+
+dp_accounting's `GaussianDpEvent` takes the noise standard deviation over the
+L2 *sensitivity* of the sum. Poisson sampling is analysed for add/remove-one
+neighbours, where one client moves the sum of C-clipped updates by at most C;
+sampling without replacement only for replace-one neighbours, where one
+client's update is swapped for another and the sum moves by up to 2C. So the
+event's multiplier is z for Poisson and z / 2 for fixed-size sampling
+(Mironov, Talwar, Zhang 2019, "Renyi Differential Privacy of the Sampled
+Gaussian Mechanism"; Wang, Balle, Kasiviswanathan 2019, "Subsampled Renyi
+Differential Privacy and Analytical Moments Accountant").
 """
 
 from __future__ import annotations
@@ -100,6 +110,15 @@ def _check_delta(delta: float) -> None:
                     '1 / --num_clients')
 
 
+def sensitivity_in_clips(sampling: Sampling) -> float:
+  """L2 sensitivity of the clipped sum, in units of the clip, for `sampling`.
+
+  1 for Poisson sampling (add/remove-one neighbours), 2 for fixed-size
+  sampling (replace-one neighbours: one clipped update swapped for another).
+  """
+  return 1.0 if sampling.kind == 'poisson' else 2.0
+
+
 def dp_event(noise_multiplier: float, sampling: Sampling,
              rounds: int) -> dp_accounting.DpEvent:
   """Returns the DpEvent of `rounds` rounds of sampled Gaussian noise.
@@ -113,7 +132,9 @@ def dp_event(noise_multiplier: float, sampling: Sampling,
   _check_rounds(rounds, 0)
   if rounds == 0:
     return dp_accounting.NoOpDpEvent()
-  gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
+  # dp_accounting's multiplier is over the L2 sensitivity, not the clip.
+  gaussian = dp_accounting.GaussianDpEvent(
+      noise_multiplier / sensitivity_in_clips(sampling))
   if sampling.kind == 'poisson':
     round_event = dp_accounting.PoissonSampledDpEvent(sampling.probability,
                                                       gaussian)

@@ -32,11 +32,12 @@ class PrivacyTest(parameterized.TestCase):
 
   def test_dp_event(self):
     self.assertEqual(privacy.dp_event(1.2, TUTORIAL, 100), _tutorial_event())
+    # Replace-one: the clipped sum moves by up to 2C, so sigma / (2C).
     self.assertEqual(
         privacy.dp_event(1.2, FIXED, 100),
         dp_accounting.SelfComposedDpEvent(
             dp_accounting.SampledWithoutReplacementDpEvent(
-                3383, 120, dp_accounting.GaussianDpEvent(1.2)), 100))
+                3383, 120, dp_accounting.GaussianDpEvent(0.6)), 100))
     self.assertEqual(privacy.dp_event(1.2, TUTORIAL, 0),
                      dp_accounting.NoOpDpEvent())
 
@@ -79,15 +80,64 @@ class PrivacyTest(parameterized.TestCase):
       self.assertLess(values[0], values[1], key)
       self.assertLess(values[1], values[2], key)
 
+  @parameterized.parameters(
+      # (population, per round, z, rounds, epsilon): dp-accounting 0.4.3
+      # called by hand with GaussianDpEvent(z / 2) under REPLACE_ONE, as
+      # quoted in ../shared/design/security-notes.md and issue 12 (with
+      # GaussianDpEvent(z) it gives 14.05 and 2.50: the old, wrong values).
+      (100, 10, 1.0, 100, 83.94),
+      (3383, 50, 1.0, 200, 14.84),
+  )
+  def test_fixed_size_regression(self, population, size, z, rounds, expected):
+    result = privacy.epsilon(z, privacy.Sampling('fixed', population, size),
+                             rounds, DELTA)
+    self.assertAlmostEqual(result['epsilon'], expected, delta=0.01)
+
   def test_fixed_size_sampling_uses_rdp_only(self):
     result = privacy.epsilon(1.2, FIXED, 100, DELTA)
+    # Built by hand: replace-one neighbours, L2 sensitivity 2C.
     accountant = rdp.RdpAccountant(
         neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-    accountant.compose(privacy.dp_event(1.2, FIXED, 100))
+    accountant.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.SampledWithoutReplacementDpEvent(
+            3383, 120, dp_accounting.GaussianDpEvent(1.2 / 2)), 100))
     self.assertAlmostEqual(result['epsilon'], accountant.get_epsilon(DELTA))
     self.assertTrue(math.isfinite(result['epsilon']))
     self.assertIsNone(result['epsilon_pld'])
     self.assertEqual(result['accountant'], 'rdp')
+
+  @parameterized.parameters((0.1, 1.0, 100), (120 / 3383, 1.2, 100),
+                            (0.01, 0.8, 1000))
+  def test_poisson_matches_the_published_formula(self, q, z, rounds):
+    # Mironov, Talwar, Zhang 2019, Sec. 3.3: for integer orders a, the
+    # sampled Gaussian's RDP is log(A_a) / (a - 1) with
+    # A_a = sum_k C(a, k) (1 - q)^(a - k) q^k exp((k^2 - k) / (2 z^2)),
+    # converted to (eps, delta) as dp-accounting does (Canonne, Kamath,
+    # Steinke 2020): eps = T rdp(a) + log1p(-1/a) - (log delta + log a)/(a-1).
+    def rdp_at(a):
+      terms = [math.lgamma(a + 1) - math.lgamma(k + 1) - math.lgamma(a - k + 1)
+               + (a - k) * math.log1p(-q) + k * math.log(q)
+               + (k * k - k) / (2 * z * z) for k in range(a + 1)]
+      top = max(terms)
+      log_a = top + math.log(sum(math.exp(t - top) for t in terms))
+      return log_a / (a - 1)
+
+    by_hand = min(
+        rounds * rdp_at(a) + math.log1p(-1 / a) -
+        (math.log(DELTA) + math.log(a)) / (a - 1) for a in range(2, 257))
+    result = privacy.epsilon(z, privacy.Sampling('poisson', 10**6, q * 10**6),
+                             rounds, DELTA)
+    print(f'q={q} z={z} T={rounds}: by hand {by_hand:.4f}, '
+          f'rdp {result["epsilon_rdp"]:.4f}, pld {result["epsilon_pld"]}')
+    # dp-accounting also tries fractional orders, so it may only be lower.
+    self.assertLessEqual(result['epsilon_rdp'], by_hand * (1 + 1e-9))
+    self.assertGreater(result['epsilon_rdp'], by_hand * 0.97)
+
+  def test_poisson_regression(self):
+    # security-notes.md: Poisson with q = 0.1, z = 1, T = 100 gives about 7.9.
+    result = privacy.epsilon(1.0, privacy.Sampling('poisson', 100, 10), 100,
+                             DELTA)
+    self.assertAlmostEqual(result['epsilon_rdp'], 7.90, delta=0.01)
 
   @parameterized.parameters(TUTORIAL, FIXED)
   def test_zero_rounds_is_free(self, sampling):

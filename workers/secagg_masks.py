@@ -36,7 +36,7 @@ MASK_DIR = 'secagg'  # Under the executor's working directory.
 MASK_SUFFIX = '.mask'
 # Masks are int64 and sums of two stay below 2**63.
 MAX_MODULUS = 2**62
-_TAG = re.compile(r'^[A-Za-z0-9_.-]{1,128}$')
+_TAG = re.compile(r'^[A-Za-z0-9_-]{1,128}$')
 
 
 class SecAggError(ValueError):
@@ -116,7 +116,7 @@ def public_key_bytes(key: x25519.X25519PrivateKey) -> bytes:
 
 def check_tag(tag: str) -> str:
   if not isinstance(tag, str) or not _TAG.match(tag):
-    raise SecAggError(f'bad round tag {tag!r}: 1-128 of [A-Za-z0-9_.-]')
+    raise SecAggError(f'bad round tag {tag!r}: 1-128 of [A-Za-z0-9_-]')
   return tag
 
 

@@ -161,6 +161,11 @@ class MaskTest(absltest.TestCase):
       with self.subTest(message):
         with self.assertRaisesRegex(secagg_masks.SecAggError, message):
           pod.prepare_round(tempfile.mkdtemp(), request)
+    # '.' and '..' would name the mask dir itself or its parent.
+    for tag in ('.', '..', 'a/b', 'a.b', ''):
+      with self.subTest(tag=tag):
+        with self.assertRaisesRegex(secagg_masks.SecAggError, 'bad round tag'):
+          pod.prepare_round(tempfile.mkdtemp(), dict(good, tag=tag))
 
   def test_secret_file_created_private_and_reused(self):
     path = os.path.join(tempfile.mkdtemp(), 'secagg.key')
