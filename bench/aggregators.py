@@ -41,9 +41,9 @@ from absl import flags
 from absl import logging
 import tensorflow as tf  # Before absl runs main; see tff_pipeline/train.py.
 
-from tff_pipeline import config as config_lib
-from tff_pipeline import tasks
+from tff_pipeline.core import config as config_lib
 from workers import local_cluster
+from tff_pipeline import plan
 
 _PODS = flags.DEFINE_integer('pods', 10, 'Edge pods.')
 _EDGE_SERVERS = flags.DEFINE_integer('edge_servers', 2, 'Edge servers.')
@@ -85,7 +85,7 @@ def _train_args(aggregator: str) -> list[str]:
 
 def _config(output_dir: str) -> config_lib.TrainConfig:
   n = _NUM_CLIENTS.value
-  return config_lib.resolve({}, dict(
+  return plan.resolve_config({}, dict(
       num_clients=n, clients_per_round=n, partition='iid', model=_MODEL.value,
       rounds=_ROUNDS.value, eval_every=0, progress=False,
       output_dir=output_dir))
@@ -172,14 +172,15 @@ def main(argv):
   # kept for the logs otherwise.
   root = tempfile.mkdtemp(prefix='bench-aggregators-')
   config = _config(os.path.join(root, 'config'))
-  task = tasks.load(config)
+  task = plan.load_task(config)
   model_bytes = sum(w.numpy().nbytes
                     for w in task.model_builder().trainable_weights)
   use_netns = {'auto': None, 'true': True, 'false': False}[_NETNS.value]
   runs: dict[str, list[list[dict]]] = {a: [] for a in aggregators}
   try:
     with local_cluster.LocalCluster(
-        config, _PODS.value, _EDGE_SERVERS.value,
+        plan.load_task(config).manifest.shard_dir, _PODS.value,
+        _EDGE_SERVERS.value,
         cluster_dir=os.path.join(root, 'cluster'),
         use_netns=use_netns) as cluster:
       extra = ['--executor=remote', f'--topology={cluster.topology_path}']

@@ -29,9 +29,9 @@ from absl import logging
 import tensorflow as tf  # Before absl runs main; see tff_pipeline/train.py.
 
 from bench import rss
-from tff_pipeline import config as config_lib
-from tff_pipeline import tasks
+from tff_pipeline.core import config as config_lib
 from workers import local_cluster
+from tff_pipeline import plan
 
 _PODS = flags.DEFINE_integer('pods', 10, 'Edge pods.')
 _EDGE_SERVERS = flags.DEFINE_integer('edge_servers', 2, 'Edge servers.')
@@ -52,7 +52,7 @@ def _train_args() -> list[str]:
 
 def _config() -> config_lib.TrainConfig:
   n = _NUM_CLIENTS.value
-  return config_lib.resolve({}, dict(
+  return plan.resolve_config({}, dict(
       num_clients=n, clients_per_round=n, partition='iid', model=_MODEL.value,
       rounds=_ROUNDS.value, eval_every=0, progress=False,
       output_dir=tempfile.mkdtemp()))
@@ -92,13 +92,14 @@ def main(argv):
   if _ROUNDS.value < 2:
     raise app.UsageError('--rounds must be >= 2 (round 1 includes tracing)')
   config = _config()
-  task = tasks.load(config)
+  task = plan.load_task(config)
   model_bytes = sum(w.numpy().nbytes
                     for w in task.model_builder().trainable_weights)
 
   local_rows = _train([])
   use_netns = {'auto': None, 'true': True, 'false': False}[_NETNS.value]
-  with local_cluster.LocalCluster(config, _PODS.value, _EDGE_SERVERS.value,
+  with local_cluster.LocalCluster(plan.load_task(config).manifest.shard_dir,
+                                  _PODS.value, _EDGE_SERVERS.value,
                                   use_netns=use_netns) as cluster:
     remote_rows = _train(['--executor=remote',
                           f'--topology={cluster.topology_path}'])

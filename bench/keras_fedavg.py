@@ -1,7 +1,7 @@
 """A plain Keras FedAvg loop: the reference our TFF pipeline is measured against.
 
 Same clients, sampling, shuffles, initial weights and client optimizer as
-`tff_pipeline.training_loop`, but each client trains with `model.fit` in this
+`tff_pipeline.learning.loop`, but each client trains with `model.fit` in this
 process, one after the other, and the server averages weights in NumPy.
 """
 
@@ -13,11 +13,11 @@ from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
-from tff_pipeline import client_data
-from tff_pipeline import evaluation
-from tff_pipeline import sampling
-from tff_pipeline.config import TrainConfig
-from tff_pipeline.tasks import Task
+from tff_pipeline.learning import client_data
+from tff_pipeline.learning import evaluation
+from tff_pipeline.learning import sampling
+from tff_pipeline.core.config import TrainConfig
+from tff_pipeline.tasks.base import Task
 
 
 def run(task: Task, config: TrainConfig,

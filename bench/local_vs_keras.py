@@ -36,8 +36,8 @@ _BATCH = flags.DEFINE_integer('batch_size', 20, 'Client batch size.')
 
 
 def _config():
-  from tff_pipeline import config as config_lib
-  return config_lib.resolve({}, dict(
+  from tff_pipeline import plan
+  return plan.resolve_config({}, dict(
       num_clients=_NUM_CLIENTS.value, clients_per_round=_NUM_CLIENTS.value,
       partition='iid', model=_MODEL.value, rounds=_ROUNDS.value,
       client_batch_size=_BATCH.value, output_dir=tempfile.mkdtemp(),
@@ -45,9 +45,10 @@ def _config():
 
 
 def _run_tff() -> dict:
-  """The product path (training_loop.run): rounds, metrics and checkpoints."""
+  """The product path (api.run): rounds, metrics and checkpoints."""
   from bench import rss
-  from tff_pipeline import runtime, training_loop
+  from tff_pipeline import api
+  from workers import local_runtime as runtime
   config = _config()
   worker = runtime.use_local_runtime(config.clients_per_round)
   times, last = [], [time.monotonic()]
@@ -59,7 +60,7 @@ def _run_tff() -> dict:
     last[0] = now
     print(f'  tff round {row["round"]}: {times[-1]:.1f}s', file=sys.stderr)
 
-  result = training_loop.run(config, on_round=on_round)
+  result = api.run(config, on_round=on_round)
   return dict(times=times, examples=result.rows[-1]['train']['num_examples'],
               loss=result.rows[-1]['train']['loss'],
               python_peak_mb=rss.self_peak_mb(),
@@ -68,9 +69,9 @@ def _run_tff() -> dict:
 
 def _run_keras() -> dict:
   from bench import keras_fedavg, rss
-  from tff_pipeline import tasks
+  from tff_pipeline import plan
   config = _config()
-  task = tasks.load(config)
+  task = plan.load_task(config)
   rows = keras_fedavg.run(task, config)
   return dict(times=[r['round_seconds'] for r in rows],
               examples=sum(i.num_examples for i in task.manifest.clients),

@@ -27,7 +27,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 from absl import app
 from absl import flags
 
-from tff_pipeline import metrics_io
+from tff_pipeline.learning import metrics_io
 
 _SHARED = os.environ.get('TFF_PIPELINE_SHARED_DATA', os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(

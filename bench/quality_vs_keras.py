@@ -22,11 +22,11 @@ from absl import flags
 import tensorflow as tf  # pylint: disable=unused-import
 
 from bench import keras_fedavg
-from tff_pipeline import config as config_lib
-from tff_pipeline import runtime
-from tff_pipeline import tasks
+from tff_pipeline.core import config as config_lib
+from workers import local_runtime as runtime
 from tff_pipeline import train  # pylint: disable=unused-import  (defines flags)
-from tff_pipeline import training_loop
+from tff_pipeline import plan
+from tff_pipeline import api
 
 FLAGS = flags.FLAGS
 
@@ -38,10 +38,10 @@ def main(argv):
               if FLAGS[n].present}
   explicit.setdefault('output_dir', tempfile.mkdtemp(prefix='quality-'))
   explicit.setdefault('progress', False)
-  config = config_lib.resolve({}, explicit)
+  config = plan.resolve_config({}, explicit)
   runtime.use_local_runtime(config.clients_per_round)
-  ours = training_loop.run(config).rows
-  reference = keras_fedavg.run(tasks.load(config), config)
+  ours = api.run(config).rows
+  reference = keras_fedavg.run(plan.load_task(config), config)
   print(f'{config.task}/{config.model}, {config.num_clients} clients '
         f'({config.partition}), {config.clients_per_round}/round, '
         f'{config.rounds} rounds, seed {config.seed}')

@@ -22,6 +22,9 @@ EVAL_ID = "eval"
 # Optional nested shard dir of per-client held-out examples.
 HELD_OUT_DIR = "held_out"
 SHARD_SUFFIX = ".tfrecord"
+# In the error a pod's dataset computation raises for a client whose shard it
+# does not hold; the runtime matches it to classify the failure.
+NOT_HELD_MARKER = "is not held by this edge pod"
 KINDS = ("bytes", "int64", "float", "string")
 # dtypes tf.io.decode_raw can decode.
 BYTES_DTYPES = ("uint8", "int8", "uint16", "int16", "int32", "int64",

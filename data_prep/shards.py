@@ -39,6 +39,7 @@ from data_prep.manifest import (  # pylint: disable=unused-import  (re-exported)
     EVAL_ID,
     HELD_OUT_DIR,
     SHARD_SUFFIX,
+    NOT_HELD_MARKER,
     KINDS,
     BYTES_DTYPES,
     _SPEC_KEYS,

@@ -82,6 +82,7 @@ def parse_py_tests(build_file: pathlib.Path) -> dict[str, list[str] | None]:
 
   BUILD files are Starlark, whose syntax is a subset of Python's, so `ast`
   parses them. srcs that are not a literal list (e.g. glob) map to None.
+  `tff_py_test(name = "x_test")` (build_defs.bzl) is a py_test of x_test.py.
 
   Raises:
     SyntaxError: the BUILD file is not parseable.
@@ -92,12 +93,15 @@ def parse_py_tests(build_file: pathlib.Path) -> dict[str, list[str] | None]:
     if not (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
-        and node.func.id == "py_test"
+        and node.func.id in ("py_test", "tff_py_test")
     ):
       continue
     kwargs = {kw.arg: kw.value for kw in node.keywords}
     name = kwargs.get("name")
     if isinstance(name, ast.Constant) and isinstance(name.value, str):
+      if node.func.id == "tff_py_test":
+        tests[name.value] = [name.value + ".py"]
+        continue
       srcs = kwargs.get("srcs")
       tests[name.value] = _string_list(srcs) if srcs is not None else []
   return tests

@@ -27,16 +27,16 @@ import tensorflow as tf
 from tensorflow_federated.proto.v0 import executor_pb2
 
 from tests import testutil
-from tff_pipeline import config as config_lib
-from tff_pipeline import distributed
+from tff_pipeline.core import config as config_lib
+from workers import coordinator as distributed
 from scipy import stats
 
-from tff_pipeline import algorithms
-from tff_pipeline import client_data
-from tff_pipeline import runtime
-from tff_pipeline import secure_round
-from tff_pipeline import tasks
-from tff_pipeline import training_loop
+from tff_pipeline.learning import algorithms
+from tff_pipeline.learning import client_data
+from workers import local_runtime as runtime
+from tff_pipeline.secagg import form as secure_form
+from workers import secure_round as secure_rounds
+from tff_pipeline.tasks import registry as tasks
 from workers import certs
 from workers import executor_client
 from workers import health
@@ -44,6 +44,8 @@ from workers import local_cluster
 from workers import netns
 from workers import tls
 from workers import wire
+from tff_pipeline import plan
+from tff_pipeline import api
 
 _DATA = dict(num_clients=20, partition='iid', seed=3)
 _PODS, _EDGE_SERVERS = 10, 2
@@ -53,10 +55,10 @@ def _config(output_dir: str, **overrides) -> config_lib.TrainConfig:
   values = dict(_DATA, model='2nn', clients_per_round=6, rounds=2,
                 eval_every=0, progress=False, output_dir=output_dir)
   values.update(overrides)
-  return config_lib.resolve({}, values)
+  return plan.resolve_config({}, values)
 
 
-def _weights(result: training_loop.RunResult) -> list[np.ndarray]:
+def _weights(result: api.RunResult) -> list[np.ndarray]:
   return [np.asarray(w) for w in result.state.global_model_weights.trainable]
 
 
@@ -77,7 +79,8 @@ class DistributedEndToEndTest(absltest.TestCase):
     runtime.use_local_runtime(6)
     cls.root = tempfile.mkdtemp(prefix='distributed-e2e-')
     cls.cluster = local_cluster.LocalCluster(
-        _config(os.path.join(cls.root, 'unused')), _PODS, _EDGE_SERVERS,
+        plan.load_task(_config(os.path.join(cls.root, 'unused'))).manifest.shard_dir,
+        _PODS, _EDGE_SERVERS,
         cluster_dir=os.path.join(cls.root, 'cluster')).start()
 
   @classmethod
@@ -111,10 +114,10 @@ class DistributedEndToEndTest(absltest.TestCase):
     # each executor process, so from round 2 on they differ between runtimes.
     for model, rounds in (('2nn', 3), ('cnn', 1)):
       with self.subTest(model=model):
-        local = training_loop.run(_config(
+        local = api.run(_config(
             os.path.join(self.root, f'local-{model}'), model=model,
             rounds=rounds))
-        remote = training_loop.run(self._remote(f'remote-{model}', model=model,
+        remote = api.run(self._remote(f'remote-{model}', model=model,
                                                 rounds=rounds))
         for row in remote.rows:
           self.assertEqual(row['failures'], [])
@@ -127,16 +130,16 @@ class DistributedEndToEndTest(absltest.TestCase):
 
   def test_pod_asked_for_a_client_it_does_not_hold_fails_loudly(self):
     config = self._remote('misrouted')
-    setup = training_loop._RemoteSetup.connect(config)  # pylint: disable=protected-access
+    setup = plan.RemoteSetup(config)
     client = sorted(setup.view.pod_of)[0]
     holder = setup.view.pod_of[client]
     wrong = next(p.name for p in self.cluster.topology.pods
                  if p.name != holder and
                  setup.view.server_of[p.name] == setup.view.server_of[holder])
     setup.view.pod_of[client] = wrong  # A stale or corrupted routing table.
-    process = algorithms.build_training_process(setup.task, config)
+    process = plan.training_process(config, setup.task)
     run_round = setup.round_runner(process, config)
-    state = training_loop.initial_state(process, setup.task)
+    state = algorithms.initial_state(process, setup.task)
     with self.assertRaisesRegex(distributed.ClusterError,
                                 f'pod {wrong} .*{client}.*not held'):
       run_round(state, [client_data.client_key(client, 1)], [client], 1)
@@ -145,10 +148,10 @@ class DistributedEndToEndTest(absltest.TestCase):
   def _secure_setup(self, name: str, **overrides):
     config = self._remote(name, aggregator='secagg', clients_per_round=20,
                           **overrides)
-    setup = training_loop._RemoteSetup.connect(config)  # pylint: disable=protected-access
-    process = algorithms.build_training_process(setup.task, config)
+    setup = plan.RemoteSetup(config)
+    process = plan.training_process(config, setup.task)
     tf.keras.utils.set_random_seed(config.seed)
-    state = training_loop.initial_state(process, setup.task)
+    state = algorithms.initial_state(process, setup.task)
     sampled = sorted(setup.view.pod_of)
     keys = [client_data.client_key(c, 7) for c in sampled]
     return config, setup, process, state, sampled, keys
@@ -157,9 +160,9 @@ class DistributedEndToEndTest(absltest.TestCase):
     # One round: the stochastic rounding of the two runs differs by ~1e-9,
     # and a second round of the 2NN turns that into ReLU flips (~3e-4 on 2%
     # of the weights, measured) - noise, not an aggregation error.
-    local = training_loop.run(_config(os.path.join(self.root, 'secagg-local'),
+    local = api.run(_config(os.path.join(self.root, 'secagg-local'),
                                       aggregator='secagg', rounds=1))
-    remote = training_loop.run(self._remote('secagg-remote',
+    remote = api.run(self._remote('secagg-remote',
                                             aggregator='secagg', rounds=1))
     for row in remote.rows:
       self.assertEqual(row['failures'], [])
@@ -170,12 +173,12 @@ class DistributedEndToEndTest(absltest.TestCase):
   def test_secagg_what_the_coordinator_and_edge_servers_see_is_uniform(self):
     config, setup, process, state, sampled, keys = self._secure_setup(
         'secagg-uniform')
-    form = secure_round.SecureForm(process.next, len(sampled), '.')
+    form = secure_form.SecureForm(process.next, len(sampled), '.')
     runner = distributed.DistributedRound(
         setup.cluster, setup.view, process.next,
         executor_client.ExecutorClient(runtime.local_worker().target),
         stages=(form.pod_round, form.merge_partials))
-    tag = secure_round.round_tag(1, 1, sampled)
+    tag = secure_rounds.round_tag(1, 1, sampled)
     secagg = {'tag': tag, 'layout': form.layout.to_json(),
               'public_keys': {c: setup.view.public_keys[c] for c in sampled}}
     report = distributed.RoundReport(failures=[])
@@ -252,11 +255,11 @@ class DistributedEndToEndTest(absltest.TestCase):
                      sorted(set(sampled) - lost))
     # The model is the secure mean over the survivors, as a local secure
     # round over exactly them computes it (not garbage from unmatched masks).
-    local_task = tasks.load(_config(os.path.join(self.root, 'unused')))
-    local_process = algorithms.build_training_process(local_task, config)
+    local_task = plan.load_task(_config(os.path.join(self.root, 'unused')))
+    local_process = plan.training_process(config, local_task)
     mask_root = tempfile.mkdtemp()
-    local_round = secure_round.LocalSecureRound(
-        secure_round.SecureForm(local_process.next, len(sampled), mask_root),
+    local_round = secure_rounds.LocalSecureRound(
+        secure_form.SecureForm(local_process.next, len(sampled), mask_root),
         mask_root)
     survivors = report.participants
     expected, _ = local_round(
@@ -396,8 +399,8 @@ class DistributedEndToEndTest(absltest.TestCase):
     process.kill()
     process.wait()
     done = [r['round'] for r in _rows(config.output_dir)]
-    resumed = training_loop.run(
-        config_lib.resolve({}, {**config_lib.to_dict(config), 'resume': True}))
+    resumed = api.run(
+        plan.resolve_config({}, {**config_lib.to_dict(config), 'resume': True}))
     rounds = [r['round'] for r in _rows(config.output_dir)]
     self.assertEqual(rounds, [1, 2, 3, 4])
     # The kill may land between a round's metrics row and its checkpoint;

@@ -29,8 +29,9 @@ import kubernetes_validate
 import yaml
 
 from tests import testutil
-from tff_pipeline import config as config_lib
+from tff_pipeline.core import config as config_lib
 from workers import topology_gen
+from tff_pipeline import plan
 
 # The source tree, not Bazel's runfiles: kustomize does not find a
 # kustomization.yaml that is a symlink (runfiles are symlink trees).
@@ -249,7 +250,7 @@ class K8sManifestsTest(absltest.TestCase):
     with open(path, 'w', encoding='utf-8') as f:
       f.write(text)
     overrides = config_lib.parse_yaml(path)
-    config = config_lib.resolve(overrides.values, {})
+    config = plan.resolve_config(overrides.values, {})
     self.assertEqual(config.task, 'fashion_mnist')
     pods = _one(self.cluster, 'StatefulSet', 'edge')['spec']['replicas']
     self.assertGreaterEqual(config.num_clients, pods)  # no empty pod

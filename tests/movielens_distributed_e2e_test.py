@@ -22,12 +22,13 @@ import numpy as np
 
 from data_prep import shards
 from tests import testutil
-from tff_pipeline import config as config_lib
-from tff_pipeline import recommendation
-from tff_pipeline import runtime
-from tff_pipeline import tasks
-from tff_pipeline import training_loop
+from tff_pipeline.core import config as config_lib
+from tff_pipeline.tasks import movielens as recommendation
+from workers import local_runtime as runtime
+from tff_pipeline.tasks import registry as tasks
 from workers import local_cluster
+from tff_pipeline import plan
+from tff_pipeline import api
 
 _USERS = 40
 _PODS, _EDGE_SERVERS = 4, 2
@@ -47,7 +48,7 @@ def _small_movielens(target: str) -> str:
   return target
 
 
-def _weights(result: training_loop.RunResult):
+def _weights(result: api.RunResult):
   return [np.asarray(w) for w in result.state.global_model_weights.trainable]
 
 
@@ -61,7 +62,8 @@ class MovieLensDistributedTest(absltest.TestCase):
     cls.root = tempfile.mkdtemp(prefix='movielens-e2e-')
     cls.data = _small_movielens(os.path.join(cls.root, 'ml-100k'))
     cls.cluster = local_cluster.LocalCluster(
-        cls._config('unused'), _PODS, _EDGE_SERVERS,
+        plan.load_task(cls._config('unused')).manifest.shard_dir, _PODS,
+        _EDGE_SERVERS,
         cluster_dir=os.path.join(cls.root, 'cluster')).start()
 
   @classmethod
@@ -77,7 +79,7 @@ class MovieLensDistributedTest(absltest.TestCase):
                   shard_dir=os.path.join(cls.root, 'shards'),
                   output_dir=os.path.join(cls.root, name))
     values.update(overrides)
-    return config_lib.resolve({}, values)
+    return plan.resolve_config({}, values)
 
   def _remote(self, name: str, **overrides) -> config_lib.TrainConfig:
     return self._config(name, executor='remote',
@@ -101,8 +103,8 @@ class MovieLensDistributedTest(absltest.TestCase):
     self.assertEqual(coordinator.client_ids(), [])
 
   def test_evaluation_on_the_pods_equals_local_evaluation(self):
-    local = training_loop.run(self._config('local'))
-    remote = training_loop.run(self._remote('remote'))
+    local = api.run(self._config('local'))
+    remote = api.run(self._remote('remote'))
     for row in remote.rows:
       self.assertEqual(row['failures'], [])
     for a, b in zip(_weights(local), _weights(remote), strict=True):
@@ -115,11 +117,12 @@ class MovieLensDistributedTest(absltest.TestCase):
 
     # The same weights evaluated both ways, over exactly the held-out users.
     config = self._remote('eval-only')
-    setup = training_loop._RemoteSetup.connect(config)  # pylint: disable=protected-access
+    setup = plan.RemoteSetup(config)
     try:
       on_pods = setup.federated_evaluator(config)
       in_process = recommendation.FedReconEvaluator(
-          tasks.load(self._config('unused')).manifest, self._config('unused'))
+          plan.load_task(self._config('unused')).manifest,
+          self._config('unused').seed)
       self.assertEqual(on_pods.client_ids, in_process.client_ids)
       self.assertNotEmpty(on_pods.client_ids)
       weights = local.state.global_model_weights
@@ -135,14 +138,14 @@ class MovieLensDistributedTest(absltest.TestCase):
     # Server SGD: Adam's first step g / (|g| + 1e-7) would blow the two
     # runs' different stochastic rounding (~1e-9) up to ~1e-5.
     sgd = dict(rounds=1, server_optimizer='sgd', server_learning_rate=1.0)
-    local = training_loop.run(self._config('secagg-local', aggregator='secagg',
+    local = api.run(self._config('secagg-local', aggregator='secagg',
                                            **sgd))
-    remote = training_loop.run(self._remote('secagg-remote',
+    remote = api.run(self._remote('secagg-remote',
                                             aggregator='secagg', **sgd))
     row = remote.rows[0]
     self.assertEqual(row['failures'], [])
     self.assertEqual(sorted(row['participants']), sorted(row['clients']))
-    plain = training_loop.run(self._config('plain', **sgd))
+    plain = api.run(self._config('plain', **sgd))
     for a, b, c in zip(_weights(local), _weights(remote), _weights(plain),
                        strict=True):
       np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

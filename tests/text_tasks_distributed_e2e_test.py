@@ -20,10 +20,11 @@ from absl.testing import absltest
 import numpy as np
 
 from tests import testutil
-from tff_pipeline import config as config_lib
-from tff_pipeline import runtime
-from tff_pipeline import training_loop
+from workers import local_runtime as runtime
+from tff_pipeline.tasks import registry as tasks
 from workers import local_cluster
+from tff_pipeline import plan
+from tff_pipeline import api
 
 _SHARED = testutil.shared_data_dir()
 _TASKS = {
@@ -53,7 +54,7 @@ class TextTasksDistributedTest(absltest.TestCase):
                   shard_dir=os.path.join(self.root, f'{task}-shards'),
                   output_dir=os.path.join(self.root, task, name))
     values.update(overrides)
-    return config_lib.resolve({}, values)
+    return plan.resolve_config({}, values)
 
   def test_one_round_on_pods_equals_the_local_round(self):
     for task, data in _TASKS.items():
@@ -61,11 +62,12 @@ class TextTasksDistributedTest(absltest.TestCase):
         self.skipTest(f'{data} missing')
       with self.subTest(task=task):
         cluster = local_cluster.LocalCluster(
-            self._config(task, 'unused'), 2, 1,
+            plan.load_task(self._config(task, 'unused')).manifest.shard_dir, 2,
+            1,
             cluster_dir=os.path.join(self.root, task, 'cluster')).start()
         try:
-          local = training_loop.run(self._config(task, 'local'))
-          remote = training_loop.run(self._config(
+          local = api.run(self._config(task, 'local'))
+          remote = api.run(self._config(
               task, 'remote', executor='remote',
               topology=cluster.topology_path))
         finally:

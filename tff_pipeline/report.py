@@ -9,7 +9,7 @@ from typing import Any
 
 from absl import app
 
-from tff_pipeline import metrics_io
+from tff_pipeline.learning import metrics_io
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], output_dir: str) -> list[str]:

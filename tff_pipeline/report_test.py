@@ -5,7 +5,7 @@ import tempfile
 from absl.testing import absltest
 
 from tests import testutil
-from tff_pipeline import metrics_io
+from tff_pipeline.learning import metrics_io
 from tff_pipeline import report
 
 

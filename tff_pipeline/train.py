@@ -21,56 +21,12 @@ from absl import logging
 # model must be the output of a TensorFlow `Layer`").
 import tensorflow as tf  # pylint: disable=unused-import
 
-from data_prep.errors import DataPrepError
-from tff_pipeline import config as config_lib
-from tff_pipeline import runtime
-from tff_pipeline import training_loop
-from tff_pipeline.errors import UserError
+from data_prep.errors import UserError
+from tff_pipeline import api
+from tff_pipeline import config_flags
 
 FLAGS = flags.FLAGS
-
-flags.DEFINE_string('config', None,
-                    'FedML-style YAML config (sections common_args, data_args, '
-                    'model_args, train_args, validation_args, device_args, '
-                    'comm_args, tracking_args); flags override it.')
-
-
-def _define_option_flags() -> None:
-  for name, field in config_lib.OPTION_FIELDS.items():
-    meta = field.metadata
-    help_text = meta['help']
-    if meta['choices']:
-      help_text += f' One of: {", ".join(meta["choices"])}.'
-    aliases = ', '.join(meta['fedml'])
-    help_text += f' YAML: {meta["section"]}.{name}'
-    help_text += f' (FedML: {aliases}).' if aliases else '.'
-    default = field.default
-    if isinstance(default, bool):
-      flags.DEFINE_bool(name, default, help_text)
-    elif isinstance(default, int):
-      flags.DEFINE_integer(name, default, help_text)
-    elif isinstance(default, float):
-      flags.DEFINE_float(name, default, help_text)
-    else:
-      flags.DEFINE_string(name, default, help_text)
-
-
-_define_option_flags()
-
-
-def config_from_flags() -> config_lib.TrainConfig:
-  """Resolves defaults < --config YAML < explicit flags."""
-  yaml_values = {}
-  if FLAGS.config:
-    overrides = config_lib.parse_yaml(FLAGS.config)
-    warning = overrides.warning()
-    if warning:
-      logging.warning('%s', warning)
-      print(f'warning: {warning}', file=sys.stderr)
-    yaml_values = overrides.values
-  explicit = {name: FLAGS[name].value
-              for name in config_lib.OPTION_FIELDS if FLAGS[name].present}
-  return config_lib.resolve(yaml_values, explicit)
+config_flags.define()
 
 
 def main(argv: list[str]) -> int:
@@ -79,17 +35,14 @@ def main(argv: list[str]) -> int:
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   try:
-    config = config_from_flags()
+    config = config_flags.resolve()
     print(f'training {config.task}/{config.model} with {config.algorithm} '
           f'({config.aggregator} aggregation): '
           f'{config.num_clients or "all"} clients ({config.partition}), '
           f'{config.clients_per_round}/round, {config.rounds} rounds -> '
           f'{config.output_dir}', file=sys.stderr)
-    # Remote: the local executor only merges and finishes rounds.
-    runtime.use_local_runtime(
-        config.clients_per_round if config.executor == 'local' else 1)
-    result = training_loop.run(config)
-  except (UserError, DataPrepError) as e:
+    result = api.run(config)
+  except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   final = result.summary['final_eval']

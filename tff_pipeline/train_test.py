@@ -5,8 +5,9 @@ import tempfile
 from absl import flags
 from absl.testing import absltest
 
-from tff_pipeline import config as config_lib
-from tff_pipeline import train
+from tff_pipeline.core import config as config_lib
+from tff_pipeline import config_flags
+from tff_pipeline import train  # pylint: disable=unused-import  (defines the flags)
 
 FLAGS = flags.FLAGS
 
@@ -28,7 +29,7 @@ class TrainFlagsTest(absltest.TestCase):
   def _parse(self, *args):
     self._restore()
     FLAGS(['train', *args], known_only=False)
-    return train.config_from_flags()
+    return config_flags.resolve()
 
   def test_every_option_is_a_flag_with_its_yaml_key_in_the_help(self):
     for name, field in config_lib.OPTION_FIELDS.items():

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.oid import NameOID
 
-from tff_pipeline.errors import UserError
+from data_prep.errors import UserError
 from workers import tls
 
 CA_KEY_FILE = 'ca.key'

@@ -49,7 +49,7 @@ from absl import logging
 
 from data_prep import manifest as manifest_lib
 from data_prep.errors import DataPrepError
-from tff_pipeline.errors import UserError
+from data_prep.errors import UserError
 from workers import health
 from workers import secagg_masks
 from workers import tls as tls_lib

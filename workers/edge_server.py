@@ -39,7 +39,7 @@ from absl import logging
 import grpc
 from tensorflow_federated.proto.v0 import executor_pb2
 
-from tff_pipeline.errors import UserError
+from data_prep.errors import UserError
 from workers import cpu_slots
 from workers import executor_client
 from workers import health

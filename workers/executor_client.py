@@ -19,11 +19,11 @@ from tensorflow_federated.proto.v0 import executor_pb2_grpc
 from tensorflow_federated.python.core.impl.executors import value_serialization
 from tensorflow_federated.python.core.impl.types import placements
 
-from tff_pipeline import client_data
+from data_prep import manifest as manifest_lib
 from workers import worker_process
 
-# Raised inside a pod's dataset computation (tff_pipeline.client_data).
-NOT_HELD_MARKER = client_data.NOT_HELD_MARKER
+# Raised inside a pod's dataset computation.
+NOT_HELD_MARKER = manifest_lib.NOT_HELD_MARKER
 
 
 class ExecutorError(RuntimeError):

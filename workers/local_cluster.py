@@ -6,7 +6,9 @@
         --num_clients=20
 
 Takes the data flags of training (--task, --data_dir, --num_clients,
---partition, --partition_alpha, --seed, or --config), runs data_prep, and
+--partition, --partition_alpha, --seed, or --config: every flag that is not
+its own), has `python -m tff_pipeline.prepare` make the shards
+(workers.prepared_data), and
 places each client's shard in exactly one pod's own directory (round-robin);
 the held-out split goes to a coordinator directory named as `eval_data` in
 the topology. As root, every pod and edge server runs in its own network
@@ -33,17 +35,14 @@ from absl import app
 from absl import flags
 from absl import logging
 import portpicker
-import tensorflow as tf  # pylint: disable=unused-import  (before app.run)
 
 from data_prep import shards
-from data_prep.errors import DataPrepError
-from tff_pipeline import config as config_lib
-from tff_pipeline import tasks
-from tff_pipeline.errors import UserError
+from data_prep.errors import UserError
 from workers import certs
 from workers import health
 from workers import netns
 from workers import placement
+from workers import prepared_data
 from workers import tls_terminator
 from workers import topology as topology_lib
 from workers import worker_process
@@ -103,19 +102,24 @@ def _nginx_installed() -> bool:
     return False
 
 
+def check_sizes(num_pods: int, num_edge_servers: int) -> None:
+  """Raises UserError unless every edge server can have a pod."""
+  if num_pods < 1 or num_edge_servers < 1:
+    raise UserError('--pods and --edge_servers must be at least 1')
+  if num_edge_servers > num_pods:
+    raise UserError(f'--edge_servers={num_edge_servers} is more than '
+                    f'--pods={num_pods}: every edge server needs a pod')
+
+
 class LocalCluster:
   """Prepares data, starts pods and edge servers, writes the topology."""
 
-  def __init__(self, config: config_lib.TrainConfig, num_pods: int,
+  def __init__(self, shard_dir: str, num_pods: int,
                num_edge_servers: int, cluster_dir: Optional[str] = None,
                use_netns: Optional[bool] = None, pod_threads: int = 1,
                use_tls: Optional[bool] = None):
-    if num_pods < 1 or num_edge_servers < 1:
-      raise UserError('--pods and --edge_servers must be at least 1')
-    if num_edge_servers > num_pods:
-      raise UserError(f'--edge_servers={num_edge_servers} is more than '
-                      f'--pods={num_pods}: every edge server needs a pod')
-    self.config = config
+    check_sizes(num_pods, num_edge_servers)
+    self.shard_dir = shard_dir  # data_prep's output for every client.
     self.num_pods = num_pods
     self.num_edge_servers = num_edge_servers
     self.cluster_dir = cluster_dir or tempfile.mkdtemp(prefix='tff-cluster-')
@@ -146,7 +150,7 @@ class LocalCluster:
   # Setup.
 
   def _place_data(self) -> tuple[dict[str, str], str]:
-    manifest = tasks.load(self.config).manifest
+    manifest = shards.load_manifest(self.shard_dir)
     shards.verify_shards(manifest)
     pod_names = [f'edge-{i}' for i in range(self.num_pods)]
     assigned = placement.assign_filled(manifest.client_ids(), pod_names,
@@ -308,9 +312,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> int:
-  from tff_pipeline import train  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  # argv[1:]: the flags that are not ours, i.e. the training data flags.
   flag_values = flags.FLAGS
   choice = {'auto': None, 'true': True, 'false': False}
   use_netns = choice[flag_values.netns]
@@ -318,12 +320,13 @@ def main(argv: list[str]) -> int:
   signal.signal(signal.SIGTERM, lambda *_: stop.set())
   signal.signal(signal.SIGINT, lambda *_: stop.set())
   try:
-    config = train.config_from_flags()
-    cluster = LocalCluster(config, flag_values.pods, flag_values.edge_servers,
+    check_sizes(flag_values.pods, flag_values.edge_servers)
+    shard_dir = prepared_data.prepare(argv[1:])['shard_dir']
+    cluster = LocalCluster(shard_dir, flag_values.pods, flag_values.edge_servers,
                            flag_values.cluster_dir, use_netns,
                            flag_values.pod_threads,
                            choice[flag_values.tls]).start()
-  except (UserError, DataPrepError) as e:
+  except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   topology_lib.save(cluster.topology, flag_values.topology_out)
@@ -340,7 +343,11 @@ def main(argv: list[str]) -> int:
   return 0
 
 
+def parse_own_flags(argv: list[str]) -> list[str]:
+  """Parses this program's flags; returns the rest (for tff_pipeline.prepare)."""
+  return flags.FLAGS(argv, known_only=True)
+
+
 if __name__ == '__main__':
   define_flags()
-  from tff_pipeline import train as _train  # pylint: disable=unused-import
-  app.run(main)
+  app.run(main, flags_parser=parse_own_flags)

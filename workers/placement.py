@@ -7,7 +7,7 @@ import os
 import shutil
 
 from data_prep import shards
-from tff_pipeline.errors import UserError
+from data_prep.errors import UserError
 
 
 def assign(client_ids: list[str], pod_names: list[str]) -> dict[str, list[str]]:

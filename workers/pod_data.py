@@ -5,8 +5,9 @@
     python -m workers.pod_data --eval_out=/eval --config=/config/train.yaml
 
 Takes the data flags of training (--task, --data_dir, --num_clients,
---partition, --partition_alpha, --seed, or --config), runs data_prep into a
-scratch folder (--scratch_dir; removed afterwards, so the pod's volume never
+--partition, --partition_alpha, --seed, or --config: every flag that is not
+its own), has `python -m tff_pipeline.prepare` (workers.prepared_data) write
+all shards into a scratch folder (--scratch_dir; removed afterwards, so the pod's volume never
 holds other pods' shards), and writes the pod's shard dir with
 workers.placement: the same round-robin assignment as workers.local_cluster
 (client k of the sorted ids goes to pod k mod --pods), so every pod of a
@@ -25,7 +26,6 @@ dropped.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -40,11 +40,9 @@ from absl import app
 from absl import flags
 
 from data_prep import shards
-from data_prep.errors import DataPrepError
-from tff_pipeline import config as config_lib
-from tff_pipeline import tasks
-from tff_pipeline.errors import UserError
+from data_prep.errors import UserError
 from workers import placement
+from workers import prepared_data
 
 STAMP_FILE = '.pod_data.json'
 # What a placed dir holds; a stamp of another layout is placed again.
@@ -53,8 +51,8 @@ LAYOUT = 2
 
 
 def define_flags() -> None:
-  """The CLI's own flags (the training flags come from tff_pipeline.train);
-  defined only when run as a program, so tests can import this module."""
+  """The CLI's own flags (the rest go to tff_pipeline.prepare); defined only
+  when run as a program, so tests can import this module."""
   flags.DEFINE_string(
       'pod_name', os.environ.get('POD_NAME', ''),
       'This pod (default: $POD_NAME), one of --pod_pattern over 0..pods-1.')
@@ -80,15 +78,8 @@ def pod_names(pods: int, pattern: str = 'edge-{i}') -> list[str]:
   return [pattern.replace('{i}', str(i)) for i in range(pods)]
 
 
-def data_key(config: config_lib.TrainConfig) -> str:
-  """Names all that decides the shards' contents (data_prep's own key)."""
-  return os.path.basename(
-      tasks.default_shard_dir(dataclasses.replace(config, shard_dir='')))
-
-
-def _stamp(kind: str, config: config_lib.TrainConfig, **extra: Any
-           ) -> dict[str, Any]:
-  return {'kind': kind, 'layout': LAYOUT, 'data': data_key(config), **extra}
+def _stamp(kind: str, data_key: str, **extra: Any) -> dict[str, Any]:
+  return {'kind': kind, 'layout': LAYOUT, 'data': data_key, **extra}
 
 
 def _read_stamp(directory: str) -> Optional[dict[str, Any]]:
@@ -111,30 +102,36 @@ def _still_good(directory: str, stamp: dict[str, Any]) -> bool:
     return False
   try:
     shards.verify_shards(shards.load_manifest(directory))
-  except (DataPrepError, OSError, ValueError):
+  except (UserError, OSError, ValueError):
     return False
   return True
 
 
-class _Prepared:
-  """data_prep's full output, in a scratch dir removed on close()."""
+class Prepared:
+  """data_prep's full output, made on first use in a scratch dir that
+  close() removes (unless the data flags name their own --shard_dir)."""
 
-  def __init__(self, config: config_lib.TrainConfig, scratch_dir: str):
+  def __init__(self, data_args: list[str], scratch_dir: str):
+    self._args = list(data_args)
+    named = prepared_data.prepare(self._args, key_only=True)
+    # The key names everything that decides the shards' contents.
+    self.data_key: str = named['key']
     self._scratch = None
-    if not config.shard_dir:
+    self._shard_dir = None
+    if not any(a.startswith('--shard_dir=') and a != '--shard_dir='
+               for a in self._args):
       if scratch_dir:
         os.makedirs(scratch_dir, exist_ok=True)
       self._scratch = tempfile.mkdtemp(prefix='pod-data-',
                                        dir=scratch_dir or None)
-      config = dataclasses.replace(
-          config, shard_dir=os.path.join(self._scratch, data_key(config)))
-    self.config = config
+      self._shard_dir = os.path.join(self._scratch, self.data_key)
     self._manifest: Optional[shards.Manifest] = None
 
   @property
   def manifest(self) -> shards.Manifest:
     if self._manifest is None:
-      self._manifest = tasks.load(self.config).manifest
+      made = prepared_data.prepare(self._args, shard_dir=self._shard_dir)
+      self._manifest = shards.load_manifest(made['shard_dir'])
       shards.verify_shards(self._manifest)
     return self._manifest
 
@@ -143,7 +140,7 @@ class _Prepared:
       shutil.rmtree(self._scratch, ignore_errors=True)
 
 
-def place_pod(prepared: _Prepared, pod_name: str, pods: int, out_dir: str,
+def place_pod(prepared: Prepared, pod_name: str, pods: int, out_dir: str,
               pattern: str = 'edge-{i}', force: bool = False
               ) -> tuple[list[str], bool]:
   """Writes `pod_name`'s clients to out_dir; returns (client ids, reused)."""
@@ -151,7 +148,7 @@ def place_pod(prepared: _Prepared, pod_name: str, pods: int, out_dir: str,
   if pod_name not in names:
     raise UserError(f'pod {pod_name!r} is not one of {names[0]}..'
                     f'{names[-1]} (--pods={pods}, --pod_pattern={pattern})')
-  stamp = _stamp('pod', prepared.config, pod=pod_name, pods=pods,
+  stamp = _stamp('pod', prepared.data_key, pod=pod_name, pods=pods,
                  pattern=pattern)
   if not force and _still_good(out_dir, stamp):
     return shards.load_manifest(out_dir).client_ids(), True
@@ -164,10 +161,10 @@ def place_pod(prepared: _Prepared, pod_name: str, pods: int, out_dir: str,
   return assigned[pod_name], False
 
 
-def place_eval(prepared: _Prepared, eval_out: str, force: bool = False
+def place_eval(prepared: Prepared, eval_out: str, force: bool = False
                ) -> tuple[int, bool]:
   """Writes the held-out split to eval_out; returns (examples, reused)."""
-  stamp = _stamp('eval', prepared.config)
+  stamp = _stamp('eval', prepared.data_key)
   if not force and _still_good(eval_out, stamp):
     held_out = shards.load_manifest(eval_out).eval
     return (held_out.num_examples if held_out else 0), True
@@ -177,9 +174,7 @@ def place_eval(prepared: _Prepared, eval_out: str, force: bool = False
 
 
 def main(argv: list[str]) -> int:
-  from tff_pipeline import train  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  # argv[1:]: the flags that are not ours, i.e. the training data flags.
   args = flags.FLAGS
   prepared = None
   try:
@@ -188,8 +183,7 @@ def main(argv: list[str]) -> int:
                       '--pods) and/or --eval_out')
     if args.out_dir and not args.pod_name:
       raise UserError('--out_dir needs --pod_name (or $POD_NAME)')
-    config = train.config_from_flags()
-    prepared = _Prepared(config, args.scratch_dir)
+    prepared = Prepared(argv[1:], args.scratch_dir)
     if args.out_dir:
       ids, reused = place_pod(prepared, args.pod_name, args.pods, args.out_dir,
                               args.pod_pattern, args.force)
@@ -202,7 +196,7 @@ def main(argv: list[str]) -> int:
       print(f'pod_data: held-out split ({examples} examples) in '
             f'{args.eval_out}' + (' (already there)' if reused else ''),
             flush=True)
-  except (UserError, DataPrepError, OSError) as e:
+  except (UserError, OSError) as e:
     print(f'error: pod_data: {e}', file=sys.stderr)
     return 2
   finally:
@@ -213,6 +207,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == '__main__':
   define_flags()
-  # The training flags (--task, --config, ...) are defined by importing train.
-  from tff_pipeline import train as _train  # pylint: disable=unused-import
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: flags.FLAGS(argv, known_only=True))

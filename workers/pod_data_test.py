@@ -6,17 +6,16 @@ import numpy as np
 
 from data_prep import shards
 from data_prep import testing
-from tff_pipeline import config as config_lib
-from tff_pipeline.errors import UserError
+from data_prep.errors import UserError
 from workers import placement
 from workers import pod_data
 
 
-def _config(data_dir: str, **values) -> config_lib.TrainConfig:
-  return config_lib.resolve({}, {'task': 'fashion_mnist', 'data_dir': data_dir,
-                                 'num_clients': 7, 'clients_per_round': 2,
-                                 'partition': 'iid',
-                                 **values})
+def _data_args(data_dir: str, **values) -> list[str]:
+  """Training data flags, as workers.pod_data passes them on."""
+  flags = {'task': 'fashion_mnist', 'data_dir': data_dir, 'num_clients': 7,
+           'clients_per_round': 2, 'partition': 'iid', **values}
+  return [f'--{k}={v}' for k, v in flags.items()]
 
 
 class PodDataTest(absltest.TestCase):
@@ -31,8 +30,8 @@ class PodDataTest(absltest.TestCase):
     os.makedirs(self.scratch)
 
   def _prepared(self, **values):
-    prepared = pod_data._Prepared(_config(self.data_dir, **values),
-                                  self.scratch)
+    prepared = pod_data.Prepared(_data_args(self.data_dir, **values),
+                                 self.scratch)
     self.addCleanup(prepared.close)
     return prepared
 

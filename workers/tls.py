@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 import grpc
 
-from tff_pipeline.errors import UserError
+from data_prep.errors import UserError
 from workers import worker_process
 
 CA_CERT_FILE = 'ca.crt'

@@ -35,7 +35,7 @@ from typing import Optional
 
 import portpicker
 
-from tff_pipeline.errors import UserError
+from data_prep.errors import UserError
 from workers import tls as tls_lib
 from workers import worker_process
 

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import yaml
 
-from tff_pipeline.errors import UserError
+from data_prep.errors import UserError
 
 _NAME = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?')
 _ADDRESS = re.compile(r'[^\s:]+:\d{1,5}')

@@ -37,7 +37,7 @@ from absl import app
 from absl import flags
 import grpc
 
-from tff_pipeline.errors import UserError
+from data_prep.errors import UserError
 from workers import tls as tls_lib
 from workers import topology as topology_lib
 from workers import wire

@@ -8,7 +8,7 @@ import grpc
 import portpicker
 
 from data_prep import testing
-from tff_pipeline.errors import UserError
+from data_prep.errors import UserError
 from workers import topology
 from workers import topology_gen
 from workers import wire

@@ -3,7 +3,7 @@ import tempfile
 
 from absl.testing import absltest
 
-from tff_pipeline.errors import UserError
+from data_prep.errors import UserError
 from workers import topology
 
 

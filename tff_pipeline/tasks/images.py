@@ -1,0 +1,170 @@
+"""Image classification on 28x28 grayscale digits and clothes.
+
+Tasks `fashion_mnist`, `mnist` and `emnist` (the idx files of
+`data_prep.images`). The models are TFF's EMNIST baselines
+(`tff.simulation.baselines.emnist`): the conv-dropout CNN, the 200-200 MLP of
+McMahan et al. (2017, "Communication-Efficient Learning of Deep Networks from
+Decentralized Data") and multinomial logistic regression; `--model` may also
+name your own classifier (`package.module:function`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+from data_prep import images as image_prep
+from data_prep import shards
+from tff_pipeline.tasks import base
+
+IMAGE_SHAPE = (28, 28, 1)
+ModelBuilder = Callable[..., tf.keras.Model]
+
+
+def regularizer(weight_decay: float) -> Optional[tf.keras.regularizers.L2]:
+  """Keras L2 equal to torch-style weight decay (None for 0).
+
+  torch's weight_decay wd adds wd * w to the gradient, i.e. the gradient of
+  (wd / 2) * ||w||^2; Keras' L2(l) penalizes l * ||w||^2.
+  """
+  return tf.keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
+
+
+def dense_kwargs(seed: int, index: int, weight_decay: float) -> dict:
+  """Seeded Glorot initializer and weight decay for layer `index`."""
+  reg = regularizer(weight_decay)
+  return dict(
+      kernel_initializer=tf.keras.initializers.GlorotUniform(seed=seed + index),
+      kernel_regularizer=reg,
+      bias_regularizer=reg,
+  )
+
+
+def create_cnn(num_classes: int, seed: int = 0,
+               weight_decay: float = 0.0) -> tf.keras.Model:
+  """TFF's EMNIST conv-dropout model (1.2M parameters for 10 classes)."""
+  layers = tf.keras.layers
+  return tf.keras.Sequential([
+      layers.Input(shape=IMAGE_SHAPE),
+      layers.Conv2D(32, (3, 3), activation='relu',
+                    **dense_kwargs(seed, 0, weight_decay)),
+      layers.Conv2D(64, (3, 3), activation='relu',
+                    **dense_kwargs(seed, 1, weight_decay)),
+      layers.MaxPool2D((2, 2)),
+      layers.Dropout(0.25, seed=seed + 10),
+      layers.Flatten(),
+      layers.Dense(128, activation='relu', **dense_kwargs(seed, 2, weight_decay)),
+      layers.Dropout(0.5, seed=seed + 11),
+      layers.Dense(num_classes, activation='softmax',
+                   **dense_kwargs(seed, 3, weight_decay)),
+  ], name='cnn')
+
+
+def create_2nn(num_classes: int, seed: int = 0,
+               weight_decay: float = 0.0) -> tf.keras.Model:
+  """The 200-200 MLP of McMahan et al. (2017)."""
+  layers = tf.keras.layers
+  return tf.keras.Sequential([
+      layers.Input(shape=IMAGE_SHAPE),
+      layers.Flatten(),
+      layers.Dense(200, activation='relu', **dense_kwargs(seed, 0, weight_decay)),
+      layers.Dense(200, activation='relu', **dense_kwargs(seed, 1, weight_decay)),
+      layers.Dense(num_classes, activation='softmax',
+                   **dense_kwargs(seed, 2, weight_decay)),
+  ], name='2nn')
+
+
+def create_lr(num_classes: int, seed: int = 0,
+              weight_decay: float = 0.0) -> tf.keras.Model:
+  """Multinomial logistic regression on the flattened pixels."""
+  layers = tf.keras.layers
+  return tf.keras.Sequential([
+      layers.Input(shape=IMAGE_SHAPE),
+      layers.Flatten(),
+      layers.Dense(num_classes, activation='softmax',
+                   **dense_kwargs(seed, 0, weight_decay)),
+  ], name='lr')
+
+
+IMAGE_MODELS: dict[str, ModelBuilder] = {
+    'cnn': create_cnn,
+    '2nn': create_2nn,
+    'lr': create_lr,
+}
+
+
+def outputs_probabilities(model: tf.keras.Model) -> bool:
+  """Whether a classifier ends in softmax (else its outputs are logits)."""
+  activation = getattr(model.layers[-1], 'activation', None) if model.layers \
+      else None
+  return activation is tf.keras.activations.softmax
+
+
+def _preprocess(batch: base.Batch):
+  pixels = tf.cast(batch['pixels'], tf.float32) / 255.0
+  return tf.expand_dims(pixels, -1), batch['label']
+
+
+class ImageClassification(base.TaskFamily):
+  """One of the idx image datasets, split over clients."""
+
+  model_names = tuple(IMAGE_MODELS)
+  custom_models = True
+
+  def __init__(self, name: str):
+    self.name = name
+
+  def data_key(self, data: base.DataOptions) -> str:
+    if self.name != 'emnist':  # emnist_subset only matters for EMNIST.
+      data = dataclasses.replace(data, extras={})
+    return super().data_key(data)
+
+  def prepare(self, data: base.DataOptions) -> shards.Manifest:
+    return image_prep.find_or_prepare(
+        task=self.name,
+        data_dir=data.data_dir or None,
+        shard_dir=data.shard_dir,
+        num_clients=data.num_clients,
+        partition=data.partition,
+        partition_alpha=data.partition_alpha,
+        seed=data.seed,
+        emnist_subset=data.extras.get('emnist_subset', 'auto'),
+    )
+
+  def preprocess(self, manifest: shards.Manifest) -> base.Preprocess:
+    del manifest
+    return _preprocess
+
+  def model(self, manifest: shards.Manifest, model_name: str, seed: int,
+            weight_decay: float) -> tf.keras.Model:
+    if model_name in IMAGE_MODELS:
+      return IMAGE_MODELS[model_name](manifest.num_classes, seed=seed,
+                                      weight_decay=weight_decay)
+    return base.build_classifier(model_name, IMAGE_SHAPE, manifest.num_classes)
+
+  def loss(self, manifest: shards.Manifest) -> tf.keras.losses.Loss:
+    del manifest
+    return tf.keras.losses.SparseCategoricalCrossentropy()
+
+  def metrics(self, manifest: shards.Manifest
+              ) -> list[tf.keras.metrics.Metric]:
+    del manifest
+    return [tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')]
+
+  def bind(self, manifest: shards.Manifest, model_name: str, seed: int,
+           weight_decay: float = 0.0) -> base.Task:
+    task = super().bind(manifest, model_name, seed, weight_decay)
+    if model_name in IMAGE_MODELS:
+      return task
+    # A user's classifier may end in logits rather than softmax.
+    from_logits = not outputs_probabilities(task.model_builder())
+    return dataclasses.replace(
+        task, loss_builder=lambda: tf.keras.losses.SparseCategoricalCrossentropy(
+            from_logits=from_logits))
+
+
+FASHION_MNIST = ImageClassification('fashion_mnist')
+MNIST = ImageClassification('mnist')
+EMNIST = ImageClassification('emnist')

@@ -1,0 +1,162 @@
+import os
+
+from absl.testing import absltest
+import numpy as np
+import tensorflow as tf
+
+from data_prep import shakespeare as shakespeare_prep
+from data_prep import shards
+from tff_pipeline.tasks import shakespeare
+
+
+def _speech(speaker: str, i: int, words: int = 30) -> str:
+  """A deterministic speech that names its speaker, > 80 characters."""
+  rng = np.random.default_rng([sum(map(ord, speaker)), i])
+  vocab = ["thou", "art", "my", "lord", "and", "the", "king", "hath",
+           "spoke", "of", "night", "fair", "Verona", "where", "we", "lay"]
+  body = " ".join(rng.choice(vocab, words))
+  lines = [body[k:k + 40] for k in range(0, len(body), 40)]
+  return f"I am {speaker}, speech {i}.\n" + "\n".join(lines)
+
+
+def _write_tiny(path, num_speakers):
+  """tinyshakespeare-style file; speaker k has k + 1 speeches."""
+  blocks = []
+  for k in range(num_speakers):
+    name = f"Speaker {chr(65 + k % 26)}{k // 26}"
+    for i in range(k + 1):
+      blocks.append(f"{name}:\n{_speech(name, i)}")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n\n".join(blocks) + "\n")
+
+
+def _snippets(manifest, info):
+  return [s.decode("utf-8")
+          for s in shards.read_numpy(manifest, info)["snippet"]]
+
+
+class ToSequencesTest(absltest.TestCase):
+
+  def test_vocab_matches_tff(self):
+    # pylint: disable=g-import-not-at-top
+    from tensorflow_federated.python.simulation.baselines.shakespeare import (
+        char_prediction_preprocessing as tff_preprocessing)
+    self.assertEqual(shakespeare.CHAR_VOCAB, tff_preprocessing.CHAR_VOCAB)
+    self.assertLen(shakespeare.CHAR_VOCAB, 86)
+    self.assertEqual(
+        (shakespeare.PAD_ID, shakespeare.OOV_ID, shakespeare.BOS_ID,
+         shakespeare.EOS_ID), tff_preprocessing.get_special_tokens())
+    self.assertEqual(shakespeare.VOCAB_SIZE, 90)
+
+  def test_matches_tff_tokenizer(self):
+    # pylint: disable=g-import-not-at-top
+    from tensorflow_federated.python.simulation.baselines.shakespeare import (
+        char_prediction_preprocessing as tff_preprocessing)
+    snippets = ["To be, or not to be:\nthat is the question.", "",
+                "x" * 79, "y" * 80, "Zounds! ~ {odd} \t chars" * 7]
+    # pylint: disable-next=protected-access
+    tokenize = tff_preprocessing._build_tokenize_fn(81)
+    expected = np.concatenate(
+        [tokenize({"snippets": tf.constant(s)}).numpy() for s in snippets])
+    x, y = shakespeare.to_sequences(tf.constant(snippets))
+    chunks = expected.reshape(-1, 81)
+    np.testing.assert_array_equal(x.numpy(), chunks[:, :-1])
+    np.testing.assert_array_equal(y.numpy(), chunks[:, 1:])
+
+  def test_shapes_padding_and_decoding(self):
+    texts = ["Who's there?", "a" * 79, "b" * 80, "Long live the king!\n" * 9]
+    x, y = shakespeare.to_sequences(tf.constant(texts))
+    self.assertEqual(x.dtype, tf.int64)
+    # BOS + n + EOS tokens padded to multiples of 81: 1, 1, 2, 3 chunks.
+    self.assertEqual(x.shape, (7, 80))
+    self.assertEqual(y.shape, (7, 80))
+    x, y = x.numpy(), y.numpy()
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+    self.assertEqual(x[0, 0], shakespeare.BOS_ID)
+    self.assertEqual(y[0, 12], shakespeare.EOS_ID)
+    np.testing.assert_array_equal(y[0, 13:], 0)
+    self.assertEqual(y[1, 79], shakespeare.EOS_ID)  # 81 tokens exactly.
+    self.assertEqual(x[2, 0], shakespeare.BOS_ID)
+    self.assertEqual(x[3, 0], shakespeare.EOS_ID)  # 82nd token of "b" * 80.
+    np.testing.assert_array_equal(x[3, 1:], 0)
+    # Rebuild the token stream from chunk[0] + y: split at BOS, decode.
+    stream = np.concatenate([x[:, :1], y], axis=1).reshape(-1)
+    decoded = [shakespeare.decode_ids(part)
+               for part in np.split(stream, np.flatnonzero(
+                   stream == shakespeare.BOS_ID))[1:]]
+    self.assertEqual(decoded, texts)
+    self.assertEqual(shakespeare.decode_ids([shakespeare.OOV_ID]), "\ufffd")
+
+  def test_out_of_vocab_and_unicode(self):
+    x, _ = shakespeare.to_sequences(tf.constant(["a~é\t".encode(), b"\xff"]))
+    ids = x.numpy()
+    oov = shakespeare.OOV_ID
+    np.testing.assert_array_equal(
+        ids[0, :6], [shakespeare.BOS_ID, shakespeare.CHAR_VOCAB.index("a") + 1,
+                     oov, oov, oov, shakespeare.EOS_ID])
+    np.testing.assert_array_equal(ids[1, :3],
+                                  [shakespeare.BOS_ID, oov,
+                                   shakespeare.EOS_ID])
+
+  def test_empty_batch(self):
+    x, y = shakespeare.to_sequences(tf.constant([], tf.string))
+    self.assertEqual(x.shape, (0, 80))
+    self.assertEqual(y.shape, (0, 80))
+
+  def test_in_dataset_map_on_batches(self):
+    texts = [_speech("A", i) for i in range(5)]
+    dataset = tf.data.Dataset.from_tensor_slices(texts).batch(2).map(
+        shakespeare.to_sequences)
+    self.assertEqual(dataset.element_spec[0].shape.as_list(), [None, 80])
+    batches = list(dataset)
+    expected_x, expected_y = shakespeare.to_sequences(tf.constant(texts))
+    np.testing.assert_array_equal(
+        np.concatenate([b[0].numpy() for b in batches]), expected_x.numpy())
+    np.testing.assert_array_equal(
+        np.concatenate([b[1].numpy() for b in batches]), expected_y.numpy())
+
+  def test_in_tff_computation(self):
+    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+    @tff.tensorflow.computation(tff.TensorType(np.str_, [None]))
+    def to_sequences(snippets):
+      return shakespeare.to_sequences(snippets)
+
+    texts = ["Who's there?", "Nay, answer me: stand, and unfold yourself."]
+    x, y = to_sequences(texts)
+    expected_x, expected_y = shakespeare.to_sequences(tf.constant(texts))
+    np.testing.assert_array_equal(x, expected_x.numpy())
+    np.testing.assert_array_equal(y, expected_y.numpy())
+
+  def test_shard_snippets_feed_to_sequences(self):
+    root = self.create_tempdir().full_path
+    tiny = os.path.join(root, "tiny.txt")
+    _write_tiny(tiny, num_speakers=4)
+    manifest = shakespeare_prep.prepare(tiny, os.path.join(root, "s"),
+                                   eval_fraction=0.0, min_chars=0)
+    info = manifest.clients[-1]
+    dataset = tf.data.TFRecordDataset(manifest.path(info)).batch(3).map(
+        lambda s: shards.parse_batch(s, manifest.features)["snippet"]).map(
+            shakespeare.to_sequences)
+    x = np.concatenate([b[0].numpy() for b in dataset])
+    texts = _snippets(manifest, info)
+    self.assertLen(texts, 4)
+    expected_x, _ = shakespeare.to_sequences(tf.constant(texts))
+    np.testing.assert_array_equal(x, expected_x.numpy())
+
+
+
+class CharLstmTest(absltest.TestCase):
+
+  def test_shapes_and_parameter_count(self):
+    model = shakespeare.create_char_lstm(90)
+    logits = model(tf.zeros([2, 80], tf.int64))
+    self.assertEqual(logits.shape, (2, 80, 90))
+    lstm = lambda n_in: 4 * 256 * (n_in + 256 + 1)
+    self.assertEqual(model.count_params(),
+                     90 * 8 + lstm(8) + lstm(256) + 256 * 90 + 90)
+
+
+
+if __name__ == "__main__":
+  absltest.main()
