@@ -138,7 +138,7 @@ class DistributedEndToEndTest(absltest.TestCase):
                  setup.view.server_of[p.name] == setup.view.server_of[holder])
     setup.view.pod_of[client] = wrong  # A stale or corrupted routing table.
     process = plan.training_process(config, setup.task)
-    run_round = setup.round_runner(process, config)
+    run_round = setup.round_runner(process)
     state = algorithms.initial_state(process, setup.task)
     with self.assertRaisesRegex(distributed.ClusterError,
                                 f'pod {wrong} .*{client}.*not held'):
@@ -236,7 +236,7 @@ class DistributedEndToEndTest(absltest.TestCase):
   def test_secagg_participant_dropped_mid_round_is_redone_without_it(self):
     config, setup, process, state, sampled, keys = self._secure_setup(
         'secagg-dropout', round_timeout=8.0)
-    run_round = setup.round_runner(process, config)
+    run_round = setup.round_runner(process)
     pod = self.cluster.pod('edge-4')
     executor_pid = testutil.child_pids(pod.process.pid)[0]
     os.kill(executor_pid, signal.SIGSTOP)  # Drops out after its masks.

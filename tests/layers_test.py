@@ -12,6 +12,7 @@ are declared once.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import pathlib
 import tempfile
@@ -114,6 +115,17 @@ class LayersTest(absltest.TestCase):
     self.assertLessEqual(edges, {('workers', 'data_prep'),
                                  ('tff_pipeline', 'data_prep'),
                                  ('tff_pipeline', 'workers')})
+
+  def test_bazel_deps_follow_the_imports(self):
+    # tools/sync_build_deps.py writes them; a stale BUILD file fails here.
+    spec = importlib.util.spec_from_file_location(
+        'sync_build_deps', self.root / 'tools' / 'sync_build_deps.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    stale = [str(b.relative_to(self.root))
+             for b in sorted(self.root.glob('tff_pipeline/**/BUILD'))
+             if tool.synced(b) != b.read_text()]
+    self.assertEqual(stale, [], 'run tools/sync_build_deps.py')
 
   def _tree(self, files: dict[str, str], layers: str) -> pathlib.Path:
     root = pathlib.Path(tempfile.mkdtemp())

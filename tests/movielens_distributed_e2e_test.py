@@ -119,7 +119,7 @@ class MovieLensDistributedTest(absltest.TestCase):
     config = self._remote('eval-only')
     setup = plan.RemoteSetup(config)
     try:
-      on_pods = setup.federated_evaluator(config)
+      on_pods = setup.evaluator()
       in_process = recommendation.FedReconEvaluator(
           plan.load_task(self._config('unused')).manifest,
           self._config('unused').seed)
