@@ -18,6 +18,10 @@ secure-summed tensors and `update` (server). From those we build:
 Masks cancel only in the sum over all of a round's participants, so a round
 that loses a participant is redone among the survivors with a new tag (fresh
 masks); a partial sum is never unmasked.
+
+Aggregators whose clients need the round's participant count (distributed DP:
+each adds 1/n of the noise) get it through `set_participants(state, n)`,
+applied before every attempt, so a redo among survivors uses their count.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import dataclasses
 import hashlib
 import math
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 
@@ -260,13 +264,16 @@ class LocalSecureRound:
   model a distributed SecAgg run would.
   """
 
-  def __init__(self, form: SecureForm, mask_root: str):
+  def __init__(self, form: SecureForm, mask_root: str,
+               set_participants: Optional[Callable[[Any, int], Any]] = None):
     self._form = form
     self._root = mask_root
     self._secret = secagg_masks.new_secret()
+    self._set_participants = set_participants or (lambda state, n: state)
 
   def __call__(self, state, keys: Sequence[str], client_ids: Sequence[str],
                round_num: int):
+    state = self._set_participants(state, len(client_ids))
     tag = round_tag(round_num, 1, client_ids)
     pod = secagg_masks.PodKeys(self._secret, client_ids)
     pod.prepare_round(self._root, {
@@ -287,7 +294,8 @@ class RemoteSecureRound:
   def __init__(self, cluster: distributed.Cluster,
                view: distributed.ClusterView, form: SecureForm,
                merge_executor, round_timeout: Optional[float] = None,
-               retries: int = 3, retry_wait: float = 5.0):
+               retries: int = 3, retry_wait: float = 5.0,
+               set_participants: Optional[Callable[[Any, int], Any]] = None):
     missing = [c.client_id for c in view.manifest.clients
                if c.client_id not in view.public_keys]
     if missing:
@@ -296,6 +304,7 @@ class RemoteSecureRound:
           'update the edge pods to a version with SecAgg')
     self._form = form
     self._view = view
+    self._set_participants = set_participants or (lambda state, n: state)
     self._retries = retries
     self._retry_wait = retry_wait
     self._round = distributed.DistributedRound(
@@ -306,7 +315,6 @@ class RemoteSecureRound:
   def __call__(self, state, keys: Sequence[str], client_ids: Sequence[str],
                round_num: int):
     self._round.check_routable(client_ids)
-    broadcast = self._form.prepare(state)
     report = distributed.RoundReport(failures=[])
     key_of = dict(zip(client_ids, keys))
     failed_pods: set[str] = set()
@@ -323,6 +331,9 @@ class RemoteSecureRound:
         failed_pods.clear()  # Restarted pods may be back.
         survivors = list(client_ids)
       tag = round_tag(round_num, attempt, survivors)
+      # Per attempt: the survivors' count (distributed DP noise shares).
+      attempt_state = self._set_participants(state, len(survivors))
+      broadcast = self._form.prepare(attempt_state)
       secagg = {'tag': tag,
                 'public_keys': {c: self._view.public_keys[c]
                                 for c in survivors},
@@ -333,7 +344,8 @@ class RemoteSecureRound:
           failed_pods, report, secagg=secagg)
       if partials and failed_pods == before:
         report.participants = survivors
-        return self._form.finish(state, self._round.merge(partials)), report
+        return self._form.finish(attempt_state,
+                                 self._round.merge(partials)), report
       logging.warning('round %d attempt %d: pods %s failed; redoing the '
                       'secure sum among the others with fresh masks',
                       round_num, attempt, sorted(failed_pods - before))
