@@ -72,7 +72,12 @@ for integer a >= 2,
 
 evaluated here in log space; the result is min(eps_q(a), eps(a)). Rounds
 compose by adding RDP, and `dp_accounting`'s conversion turns RDP into
-(epsilon, delta) (`rdp_privacy_accountant.compute_epsilon`).
+(epsilon, delta) (`rdp_privacy_accountant.compute_epsilon`). The factor 3
+costs: as the noise grows the bound tends to log(1 + 2 P[Bin(a, q) >= 3]) /
+(a - 1) per round, not 0, so small budgets over many rounds need much more
+noise than the sampled Gaussian (docs/privacy.md has numbers). Zhu and
+Wang's tight expression (no 3) is proven for the Gaussian, not for Skellam,
+and is not used.
 
 What is not amplified. Amplification by sampling needs a secret sample. The
 coordinator picks the clients, so against the coordinator (and whenever the
@@ -126,6 +131,10 @@ MIN_BITS, MAX_BITS = 4, 30
 MIN_EXPECTED_CLIENTS = 2.0
 # Above this noise multiplier calibration gives up (epsilon has levelled off).
 _MAX_NOISE_MULTIPLIER = 2.0**12
+
+
+class TooFewBitsError(UserError):
+  """The target epsilon needs more bits than given (rounding costs too much)."""
 
 
 def _round_size_high(expected_clients: float) -> float:
@@ -457,7 +466,7 @@ def calibrate(target_epsilon: float, *, dim: int, clip: float,
       better = next((b for b in range(bits + 1, MAX_BITS + 1)
                      if eps_at(hi, b) <= target_epsilon), None)
       if better is not None:
-        raise UserError(
+        raise TooFewBitsError(
             f'--target_epsilon={target_epsilon} is unreachable with '
             f'--secagg_bits={bits}: rounding to {bits} bits alone costs '
             f'epsilon {floor:.3g} over {rounds} rounds; use '
@@ -536,3 +545,53 @@ def default_bits(expected_clients: float, dim: int,
       return bits
   return MAX_BITS
 
+
+
+def calibrate_with_bits(target_epsilon: float, *, dim: int, clip: float,
+                        expected_clients: float,
+                        sampling_probability: float, rounds: int,
+                        delta: float) -> tuple[float, int]:
+  """(noise multiplier, bits) for a budget when the bits are not given.
+
+  The bits rule depends on the noise (more noise, smaller scale) and the
+  noise on the bits (fewer bits, more rounding in the sensitivity): start
+  from the rule at z = 1 and raise the bits until the target is reachable and
+  the rule holds at the calibrated z. Converges in a step or two (more bits
+  only lower z).
+
+  Raises:
+    UserError: the target is unreachable in the rounds at any bits.
+  """
+  bits = default_bits(expected_clients, dim)
+  while True:
+    try:
+      z = calibrate(target_epsilon, dim=dim, clip=clip,
+                    expected_clients=expected_clients, bits=bits,
+                    sampling_probability=sampling_probability, rounds=rounds,
+                    delta=delta)
+    except TooFewBitsError:
+      bits += 1
+      continue
+    needed = default_bits(expected_clients, dim, z)
+    if needed <= bits or bits >= MAX_BITS:
+      return z, bits
+    bits = needed
+
+
+def ledger_row(params: SkellamParams, sampling_probability: float,
+               rounds: int, delta: float,
+               participants_logged: bool = False) -> dict[str, Any]:
+  """The privacy fields of a metrics row after `rounds` rounds.
+
+  'epsilon' is what the released model and metrics cost a client: amplified
+  by the secret Poisson sample, unless the participants are logged, when it
+  is the unamplified one (and 'amplified' says so). 'epsilon_coordinator' is
+  always the unamplified one: the coordinator knows who took part.
+  """
+  amplified = epsilon(params, sampling_probability, rounds, delta)
+  unamplified = epsilon(params, sampling_probability, rounds, delta,
+                        amplified=False)
+  row = dict(unamplified if participants_logged else amplified)
+  row['epsilon_coordinator'] = unamplified['epsilon']
+  row['sampling_probability'] = sampling_probability
+  return row

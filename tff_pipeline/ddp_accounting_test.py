@@ -271,7 +271,34 @@ class CalibrateTest(absltest.TestCase):
       ddp_accounting.calibrate(1.0, rounds=10, **common)
 
 
+class LedgerTest(absltest.TestCase):
+
+  def test_logged_participants_get_the_unamplified_epsilon(self):
+    params = _params()
+    row = ddp_accounting.ledger_row(params, 0.1, 50, DELTA)
+    logged = ddp_accounting.ledger_row(params, 0.1, 50, DELTA,
+                                       participants_logged=True)
+    self.assertTrue(row['amplified'])
+    self.assertFalse(logged['amplified'])
+    self.assertEqual(row['epsilon_coordinator'], logged['epsilon'])
+    self.assertEqual(row['epsilon_coordinator'],
+                     ddp_accounting.epsilon(params, 0.1, 50, DELTA,
+                                            amplified=False)['epsilon'])
+    self.assertLess(row['epsilon'], logged['epsilon'])
+    self.assertEqual(row['sampling_probability'], 0.1)
+
+
 class DefaultBitsTest(absltest.TestCase):
+
+  def test_calibrate_with_bits_meets_the_rule(self):
+    z, bits = ddp_accounting.calibrate_with_bits(
+        4.0, dim=CNN_DIM, clip=1.0, expected_clients=100,
+        sampling_probability=0.1, rounds=100, delta=DELTA)
+    self.assertEqual(bits, ddp_accounting.default_bits(100, CNN_DIM, z))
+    self.assertLessEqual(ddp_accounting.epsilon(
+        _params(noise_multiplier=z, bits=bits), 0.1, 100, DELTA)['epsilon'],
+                         4.0)
+    print(f'target epsilon 4, CNN, 100 of 1000: z {z:.3f}, {bits} bits')
 
   def test_rule(self):
     # The smallest bits meeting the 1% rule; one fewer misses it.

@@ -26,12 +26,12 @@ the aggregator refuses to run a round without it, and the state goes back to
 n (a too-large n would shrink every share and the total noise with it).
 
 Randomness. The rotation seed is public (part of the broadcast). Rounding and
-noise use stateless TF samplers keyed per call by `RandomUniformInt` with
-seeds (0, 0), which TF seeds from the operating system in each process,
-independently of `tf.random.set_seed` (a run's public --seed must not fix
-the noise). TF's kernel entropy is a 64-bit generator seeded from
-std::random_device, not a CSPRNG: see docs/privacy.md. `seed=` (tests only)
-makes rounding and noise a function of (seed, the client's update, round).
+noise use stateless TF samplers keyed per client and call by `_os_seed`:
+fresh /dev/urandom bytes on the client's machine, folded into TF's own
+per-process seed, and never `tf.random.set_seed` (a run's public --seed must
+not fix the noise). The samplers themselves (Philox) are not cryptographic;
+see docs/privacy.md. `seed=` (tests only) makes rounding and noise a
+function of (seed, the client's update, round).
 """
 
 from __future__ import annotations
@@ -50,24 +50,34 @@ from tff_pipeline import ddp_accounting
 ROTATION_SEED_KEY = 'ddp_rotation_seed'
 PARTICIPANTS_KEY = 'ddp_participants'
 _INT64 = np.iinfo(np.int64)
+_URANDOM = '/dev/urandom'
+_HADAMARD_RADIX = 16
 
 
 def hadamard(x: tf.Tensor) -> tf.Tensor:
   """H x / sqrt(D) for a vector of length D = 2^k (Sylvester order).
 
-  The fast Walsh-Hadamard transform: k butterfly stages. Orthogonal and its
-  own inverse.
+  The fast Walsh-Hadamard transform, in stages of up to 16 x 16 Hadamard
+  blocks (H_D is a Kronecker product of them): about half the time of 2 x 2
+  butterflies on 2^21 values (memory-bound). Orthogonal; its own inverse.
   """
   size = int(x.shape[0])
   if size & (size - 1):
     raise ValueError(f'length must be a power of two, got {size}')
-  y, half = tf.reshape(x, [1, size]), 1
-  while half < size:
-    y = tf.reshape(y, [-1, 2, half])
-    a, b = y[:, 0, :], y[:, 1, :]
-    y = tf.stack([a + b, a - b], axis=1)
-    half *= 2
+  y, stride = tf.reshape(x, [1, size]), 1
+  while stride < size:
+    block = min(_HADAMARD_RADIX, size // stride)
+    y = tf.einsum('ij,bjs->bis', _small_hadamard(block, x.dtype),
+                  tf.reshape(y, [-1, block, stride]))
+    stride *= block
   return tf.reshape(y, [size]) / math.sqrt(size)
+
+
+def _small_hadamard(size: int, dtype) -> tf.Tensor:
+  h = np.ones((1, 1))
+  while h.shape[0] < size:
+    h = np.block([[h, h], [h, -h]])
+  return tf.constant(h, dtype)
 
 
 def _signs(seed: tf.Tensor, size: int) -> tf.Tensor:
@@ -129,11 +139,29 @@ def skellam_noise(seed: tf.Tensor, size: int, lam: tf.Tensor) -> tf.Tensor:
 
 
 def _os_seed() -> tf.Tensor:
-  # seed = seed2 = 0: the kernel picks its own random seed when it is built,
-  # whatever tf.random.set_seed says (raw op: no graph-level seed applied).
-  return tf.raw_ops.RandomUniformInt(
+  """A fresh, secret stateless seed for one client's rounding and noise.
+
+  TF's own randomness (a kernel with seeds (0, 0) picks its seed when built,
+  whatever tf.random.set_seed says) comes from one std::mt19937_64 per
+  process, seeded with 32 bits from /dev/urandom: too few to keep a noise
+  share from a determined coordinator. So the seed also folds in 4 x 64 bits
+  hashed from fresh /dev/urandom bytes (4 lines of the device, about 256
+  bytes each), read on the client's machine at every call. If the device
+  cannot be read, the round fails.
+  """
+  seed = tf.raw_ops.RandomUniformInt(
       shape=[2], minval=tf.constant(_INT64.min, tf.int64),
       maxval=tf.constant(_INT64.max, tf.int64), seed=0, seed2=0)
+  lines = tf.data.TextLineDataset(
+      _URANDOM, buffer_size=4096).take(4).batch(4).get_single_element()
+  checked = tf.debugging.assert_equal(
+      tf.size(lines), 4, message=f'distributed_dp: cannot read {_URANDOM}')
+  with tf.control_dependencies([checked]):
+    entropy = tf.bitcast(tf.fingerprint(tf.reshape(lines, [-1, 1])),
+                         tf.int64)
+  for i in range(4):
+    seed = tf.random.experimental.stateless_fold_in(seed, entropy[i])
+  return seed
 
 
 def _test_seed(seed: int, x: tf.Tensor, rotation_seed: tf.Tensor) -> tf.Tensor:

@@ -95,10 +95,12 @@ def _chi2_interval(samples, variance):
 class TransformsTest(absltest.TestCase):
 
   def test_hadamard_matches_scipy(self):
-    x = np.random.default_rng(0).standard_normal(64)
-    np.testing.assert_allclose(
-        distributed_dp.hadamard(tf.constant(x)).numpy(),
-        linalg.hadamard(64) @ x / 8, rtol=1e-12, atol=1e-12)
+    # Sizes below, at and past the 16-wide blocks, and not a power of 16.
+    for size in (1, 2, 8, 16, 32, 256, 2048):
+      x = np.random.default_rng(size).standard_normal(size)
+      np.testing.assert_allclose(
+          distributed_dp.hadamard(tf.constant(x)).numpy(),
+          linalg.hadamard(size) @ x / math.sqrt(size), rtol=0, atol=1e-12)
 
   def test_rotation_is_orthogonal_and_inverted(self):
     x = tf.constant(np.random.default_rng(1).standard_normal(1024))
