@@ -93,13 +93,15 @@ def main(argv):
     process = factory.create(value_type)
     round_fn = _round_fn(process)
     root = tempfile.mkdtemp(prefix='ddp-bench-')
+    # pylint: disable=cell-var-from-loop
     if name == 'plain':
-      run = lambda state, r: round_fn(state, keys)  # pylint: disable=cell-var-from-loop
+      run = lambda state, r: round_fn(state, keys)
     else:
       form = secure_round.SecureForm(round_fn, _CLIENTS.value, root)
       runner = secure_round.LocalSecureRound(
           form, root, distributed_dp.set_participants)
-      run = lambda state, r: runner(state, keys, ids, r)[0]  # pylint: disable=cell-var-from-loop
+      run = lambda state, r: runner(state, keys, ids, r)[0]
+    # pylint: enable=cell-var-from-loop
     state = process.initialize()
     seconds = []
     for r in range(1, _ROUNDS.value + 1):

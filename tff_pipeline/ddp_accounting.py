@@ -67,8 +67,8 @@ Differential Privacy", ICML 2019, Theorem 6, the general upper bound) give,
 for integer a >= 2,
 
   eps_q(a) <= 1/(a-1) log[ (1-q)^(a-1) (1 + (a-1) q)
-                           + C(a,2) q^2 (1-q)^(a-2) e^eps(2)
-                           + 3 sum_{l=3..a} C(a,l) q^l (1-q)^(a-l) e^((l-1) eps(l)) ],
+                 + C(a,2) q^2 (1-q)^(a-2) e^eps(2)
+                 + 3 sum_{l=3..a} C(a,l) q^l (1-q)^(a-l) e^((l-1) eps(l)) ],
 
 evaluated here in log space; the result is min(eps_q(a), eps(a)). Rounds
 compose by adding RDP, and `dp_accounting`'s conversion turns RDP into
@@ -422,7 +422,7 @@ def calibrate(target_epsilon: float, *, dim: int, clip: float,
               tolerance: float = 0.01) -> float:
   """About the smallest noise multiplier whose epsilon is <= the target.
 
-  Bisection on z; epsilon decreases with z (distributed_dp_test checks it on
+  Bisection on z; epsilon decreases with z (ddp_accounting_test checks it on
   a grid). With the bits fixed, epsilon levels off as z grows (the scale
   shrinks and rounding dominates the sensitivity), so a target below that
   floor is refused, naming what would reach it.
