@@ -6,13 +6,17 @@
 total is unmasked. Masks cancel only in the sum over all of a round's
 participants, so a round that loses a participant is redone among the
 survivors with a new tag (fresh masks); a partial sum is never unmasked.
+
+Aggregators whose clients need the round's participant count (distributed DP:
+each adds 1/n of the noise) get it through `set_participants(state, n)`,
+applied before every attempt, so a redo among survivors uses their count.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 
@@ -34,13 +38,16 @@ class LocalSecureRound:
   model a distributed SecAgg run would.
   """
 
-  def __init__(self, form: SecureForm, mask_root: str):
+  def __init__(self, form, mask_root: str,
+               set_participants: Optional[Callable[[Any, int], Any]] = None):
     self._form = form
     self._root = mask_root
     self._secret = secagg_masks.new_secret()
+    self._set_participants = set_participants or (lambda state, n: state)
 
   def __call__(self, state, keys: Sequence[str], client_ids: Sequence[str],
                round_num: int):
+    state = self._set_participants(state, len(client_ids))
     tag = round_tag(round_num, 1, client_ids)
     pod = secagg_masks.PodKeys(self._secret, client_ids)
     pod.prepare_round(self._root, {
@@ -59,9 +66,10 @@ class RemoteSecureRound:
   """
 
   def __init__(self, cluster: distributed.Cluster,
-               view: distributed.ClusterView, form: SecureForm,
+               view: distributed.ClusterView, form,
                merge_executor, round_timeout: Optional[float] = None,
-               retries: int = 3, retry_wait: float = 5.0):
+               retries: int = 3, retry_wait: float = 5.0,
+               set_participants: Optional[Callable[[Any, int], Any]] = None):
     missing = [c.client_id for c in view.manifest.clients
                if c.client_id not in view.public_keys]
     if missing:
@@ -70,6 +78,7 @@ class RemoteSecureRound:
           'update the edge pods to a version with SecAgg')
     self._form = form
     self._view = view
+    self._set_participants = set_participants or (lambda state, n: state)
     self._retries = retries
     self._retry_wait = retry_wait
     self._round = distributed.DistributedRound(
@@ -80,7 +89,6 @@ class RemoteSecureRound:
   def __call__(self, state, keys: Sequence[str], client_ids: Sequence[str],
                round_num: int):
     self._round.check_routable(client_ids)
-    broadcast = self._form.prepare(state)
     report = distributed.RoundReport(failures=[])
     key_of = dict(zip(client_ids, keys))
     failed_pods: set[str] = set()
@@ -97,6 +105,9 @@ class RemoteSecureRound:
         failed_pods.clear()  # Restarted pods may be back.
         survivors = list(client_ids)
       tag = round_tag(round_num, attempt, survivors)
+      # Per attempt: the survivors' count (distributed DP noise shares).
+      attempt_state = self._set_participants(state, len(survivors))
+      broadcast = self._form.prepare(attempt_state)
       secagg = {'tag': tag,
                 'public_keys': {c: self._view.public_keys[c]
                                 for c in survivors},
@@ -107,7 +118,8 @@ class RemoteSecureRound:
           failed_pods, report, secagg=secagg)
       if partials and failed_pods == before:
         report.participants = survivors
-        return self._form.finish(state, self._round.merge(partials)), report
+        return self._form.finish(attempt_state,
+                                 self._round.merge(partials)), report
       logging.warning('round %d attempt %d: pods %s failed; redoing the '
                       'secure sum among the others with fresh masks',
                       round_num, attempt, sorted(failed_pods - before))
