@@ -26,6 +26,7 @@ from tff_pipeline import config as config_lib
 from tff_pipeline import runtime
 from tff_pipeline import training_loop
 from tff_pipeline.errors import UserError
+from workers import metrics as metrics_lib
 
 FLAGS = flags.FLAGS
 
@@ -88,7 +89,17 @@ def main(argv: list[str]) -> int:
     # Remote: the local executor only merges and finishes rounds.
     runtime.use_local_runtime(
         config.clients_per_round if config.executor == 'local' else 1)
-    result = training_loop.run(config)
+    on_round = None
+    if config.metrics_port:  # Prometheus /metrics (workers/metrics.py).
+      exporter = metrics_lib.CoordinatorMetrics()
+      exporter.start_run(config_lib.to_dict(config))
+      try:
+        metrics_lib.serve(config.metrics_port, exporter.registry)
+      except OSError as e:
+        raise UserError(f'--metrics_port={config.metrics_port}: {e.strerror}; '
+                        'choose a free port') from None
+      on_round = exporter.observe_round
+    result = training_loop.run(config, on_round=on_round)
   except (UserError, DataPrepError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
