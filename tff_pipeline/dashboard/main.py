@@ -46,7 +46,7 @@ _TLS_DIR = flags.DEFINE_string(
 _TLS_NAME = flags.DEFINE_string(
     'tls_name', 'coordinator', 'Which <name>.crt/.key of the TLS dir the '
     'dashboard presents to the nodes (make one with `python -m workers.certs '
-    '--reuse_ca --nodes=dashboard`).')
+    '--out_dir=<tls dir> --reuse_ca --nodes=dashboard`).')
 _TOKEN_FILE = flags.DEFINE_string(
     'token_file', '', f'File holding the access token (else ${TOKEN_ENV}; '
     'else, when not on loopback, a new one printed at start).')

@@ -67,14 +67,18 @@ const Charts = (() => {
     if (xlo === xhi) { xlo -= 1; xhi += 1; }
     let ylo = Math.min(...ys), yhi = Math.max(...ys);
     if (spec.yZero) ylo = Math.min(0, ylo);
-    if (ylo === yhi) { const d = Math.abs(ylo) * 0.1 || 1; ylo -= d; yhi += d; }
+    if (ylo === yhi) {
+      const d = Math.abs(ylo) * 0.1 || 1;
+      if (!(spec.yZero && ylo === 0)) ylo -= d;
+      yhi += d;
+    }
     const pad = (yhi - ylo) * 0.06;
     if (!(spec.yZero && ylo === 0)) ylo -= pad;
     yhi += pad;
     const x = v => M.left + (v - xlo) / (xhi - xlo) * (W - M.left - M.right);
     const y = v => H - M.bottom - (v - ylo) / (yhi - ylo) * (H - M.top - M.bottom);
     const grid = svgEl('g', {class: 'grid'}, svg);
-    for (const t of ticks(ylo, yhi, 5, false)) {
+    for (const t of ticks(ylo, yhi, 5, spec.yInteger)) {
       svgEl('line', {x1: M.left, x2: W - M.right, y1: y(t), y2: y(t)}, grid);
       svgEl('text', {x: M.left - 6, y: y(t) + 4, class: 'tick y'}, grid)
           .textContent = fmt(t);
@@ -177,7 +181,7 @@ const Charts = (() => {
     const {x, y} = axes(svg, xs.concat([Math.min(...xs) - 0.5,
                                         Math.max(...xs) + 0.5]),
                         spec.bars.map(b => b.y).concat([0]),
-                        Object.assign({yZero: true}, spec));
+                        Object.assign({yZero: true, yInteger: true}, spec));
     const width = Math.max(2, Math.min(28, (x(1) - x(0)) * 0.7));
     for (const b of spec.bars) {
       const rect = svgEl('rect', {x: x(b.x) - width / 2, y: y(b.y), width,
