@@ -16,7 +16,7 @@ LAYERS = [
     ["//tff_pipeline/secagg"],
     ["//tff_pipeline/aggregation"],
     ["//tff_pipeline/learning"],
-    ["//tff_pipeline"],
+    ["//tff_pipeline", "//tff_pipeline/dashboard"],
 ]
 
 # Above every layer: they may use any package.

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # nginx: the TLS terminator (mTLS) in front of each edge pod executor.
-APT_PACKAGES=(dataset-fashion-mnist bazel-bootstrap nginx)
+# chromium: the dashboard's browser test (headless).
+APT_PACKAGES=(dataset-fashion-mnist bazel-bootstrap nginx chromium)
 
 log() { printf '[setup] %s\n' "$*"; }
 

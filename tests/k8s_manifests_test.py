@@ -41,6 +41,7 @@ SOURCE_ROOT = os.path.dirname(K8S)
 VERSION = '1.32.0'
 PODMAN_KINDS = {'Pod', 'Deployment', 'PersistentVolumeClaim', 'ConfigMap'}
 LABEL = 'app.kubernetes.io/component'
+METRICS_PORT = 9090  # Prometheus /metrics of every tier (workers/metrics.py).
 
 
 def _kubectl_problem() -> str | None:
@@ -269,24 +270,53 @@ class K8sManifestsTest(absltest.TestCase):
                        ['Egress', 'Ingress'])
     self.assertEqual(set(by_tier), {'edge', 'edge-server', 'coordinator'})
 
+    def peer(rule_peer):
+      if 'namespaceSelector' in rule_peer:  # Whole namespace, any pod.
+        self.assertNotIn('podSelector', rule_peer)
+        return 'namespace ' + rule_peer['namespaceSelector']['matchLabels'][
+            'kubernetes.io/metadata.name']
+      return rule_peer['podSelector']['matchLabels'][LABEL]
+
     def ingress(tier):
       rules = by_tier[tier]['spec'].get('ingress', [])
-      return [([peer['podSelector']['matchLabels'][LABEL]
-                for peer in rule['from']],
+      return [([peer(p) for p in rule['from']],
                [(p['protocol'], p['port']) for p in rule['ports']])
               for rule in rules]
 
+    # Every tier: Prometheus in the monitoring namespace, on /metrics only.
+    scrape = (['namespace monitoring'], [('TCP', METRICS_PORT)])
     # Edge pods: only the edge-server tier, only the TLS port (not the
     # executor's 8002 nor the health port 8001, which the kubelet reaches
     # from the node, as NetworkPolicy always allows).
-    self.assertEqual(ingress('edge'), [(['edge-server'], [('TCP', 8000)])])
+    self.assertEqual(ingress('edge'),
+                     [(['edge-server'], [('TCP', 8000)]), scrape])
     self.assertEqual(ingress('edge-server'),
-                     [(['coordinator'], [('TCP', 7000)])])
-    self.assertEqual(ingress('coordinator'), [])
+                     [(['coordinator'], [('TCP', 7000)]), scrape])
+    self.assertEqual(ingress('coordinator'), [scrape])
     self.assertEqual(by_tier['edge']['spec']['egress'], [])
     # Every pod of every workload is isolated by one of them.
     for workload, labels, _ in _pod_specs(self.cluster):
       self.assertTrue(any(_selects(p, labels) for p in policies), workload)
+
+  def test_every_tier_serves_metrics_for_prometheus(self):
+    for kind, name, container in (('StatefulSet', 'edge', 'edge-pod'),
+                                  ('StatefulSet', 'edge-server', 'edge-server'),
+                                  ('Job', 'coordinator', 'coordinator')):
+      template = _one(self.cluster, kind, name)['spec']['template']
+      annotations = template['metadata']['annotations']
+      self.assertEqual(annotations['prometheus.io/scrape'], 'true', name)
+      self.assertEqual(annotations['prometheus.io/port'], str(METRICS_PORT))
+      self.assertEqual(annotations['prometheus.io/path'], '/metrics')
+      main = _container(template['spec'], container)
+      ports = {p['name']: p['containerPort'] for p in main['ports']}
+      self.assertEqual(ports['metrics'], METRICS_PORT, name)
+      command = ' '.join(main['command'])
+      self.assertIn(f'--metrics_port={METRICS_PORT}', command, name)
+    # The local overlay runs the same commands (without annotations).
+    for pod in (o for o in self.local if o['kind'] == 'Pod'):
+      main = pod['spec']['containers'][0]
+      self.assertIn(f'--metrics_port={METRICS_PORT}',
+                    ' '.join(main['command']), pod['metadata']['name'])
 
   def test_probes_use_the_plain_health_port_not_the_tls_port(self):
     for kind, name, port in (('StatefulSet', 'edge', 8001),

@@ -38,7 +38,7 @@ CHECKPOINT_DIR = 'checkpoints'
 # Flags that may change between a run and its resumption.
 _RESUMABLE_CHANGES = frozenset(
     {'resume', 'progress', 'rounds', 'eval_every', 'eval_batch_size',
-     'keep_checkpoints', 'output_dir',
+     'keep_checkpoints', 'output_dir', 'metrics_port',
      # Where rounds run does not change their result.
      'executor', 'topology', 'tls_dir', 'round_timeout', 'round_retries'})
 

@@ -24,6 +24,8 @@ import tensorflow as tf  # pylint: disable=unused-import
 from data_prep.errors import UserError
 from tff_pipeline import api
 from tff_pipeline import config_flags
+from tff_pipeline.core import config as config_lib
+from workers import metrics as metrics_lib
 
 FLAGS = flags.FLAGS
 config_flags.define()
@@ -41,7 +43,17 @@ def main(argv: list[str]) -> int:
           f'{config.num_clients or "all"} clients ({config.partition}), '
           f'{config.clients_per_round}/round, {config.rounds} rounds -> '
           f'{config.output_dir}', file=sys.stderr)
-    result = api.run(config)
+    on_round = None
+    if config.metrics_port:  # Prometheus /metrics (workers/metrics.py).
+      exporter = metrics_lib.CoordinatorMetrics()
+      exporter.start_run(config_lib.to_dict(config))
+      try:
+        metrics_lib.serve(config.metrics_port, exporter.registry)
+      except OSError as e:
+        raise UserError(f'--metrics_port={config.metrics_port}: {e.strerror}; '
+                        'choose a free port') from None
+      on_round = exporter.observe_round
+    result = api.run(config, on_round=on_round)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -32,7 +32,8 @@ def _target(module: pathlib.Path, package: str) -> str | None:
   directory = '/'.join(rel.parts[:-1])
   if rel.parts[0] == 'tff_pipeline':
     if directory == package:
-      return ':' + package.split('/')[-1]
+      name = package.split('/')[-1]
+      return ':dashboard_lib' if name == 'dashboard' else ':' + name
     if directory == 'tff_pipeline' or _LAYER[directory] > _LAYER[package]:
       return ':tff_pipeline' if package == 'tff_pipeline' else (
           '//tff_pipeline:testing')
@@ -76,6 +77,8 @@ def synced(build: pathlib.Path) -> str:
   text = re.sub(r'tff_py_test\(\n\s*name = "([a-z_0-9]+)",.*?\n\)', test, text,
                 flags=re.S)
   library = package.split('/')[-1]
+  if library == 'dashboard':
+    library = 'dashboard_lib'  # The package's binary is called dashboard.
   deps = set()
   for module in sorted(build.parent.glob('*.py')):
     if not module.name.endswith('_test.py'):

@@ -15,6 +15,8 @@ public keys, for the edge server), and POST /control/secagg/masks (writes
 this round's SecAgg masks of the named clients under
 `<data_dir>/secagg/<tag>/`, where the round computation reads them). The
 SecAgg secret (--secagg_key_file) never leaves the pod.
+Prometheus /metrics on --metrics_port (workers.metrics: up, clients,
+executor restarts, control calls).
 SIGTERM stops the executor and exits 0. The executor dies with this process
 (PR_SET_PDEATHSIG), so a killed pod leaves no orphan; if the executor alone
 dies, it is restarted on the same port.
@@ -51,6 +53,7 @@ from data_prep import manifest as manifest_lib
 from data_prep.errors import DataPrepError
 from data_prep.errors import UserError
 from workers import health
+from workers import metrics as metrics_lib
 from workers import secagg_masks
 from workers import tls as tls_lib
 from workers import tls_terminator
@@ -85,6 +88,8 @@ _EXECUTOR_HOST = flags.DEFINE_string(
 _RUN_DIR = flags.DEFINE_string(
     'run_dir', '', "The terminator's config, pid and temp files (default: a "
     'new temp dir).')
+_METRICS_PORT = flags.DEFINE_integer(
+    'metrics_port', 0, 'Serve Prometheus /metrics on this port (0: off).')
 _SECAGG_KEY_FILE = flags.DEFINE_string(
     'secagg_key_file', '', "This pod's 32-byte SecAgg secret (e.g. a mounted "
     'K8s Secret). Empty: <data_dir>/secagg.key, created on first start.')
@@ -119,14 +124,19 @@ class EdgePod:
         max_concurrent_computation_calls=max_calls, intra_op_threads=threads,
         inter_op_threads=threads, log_path=worker_process.INHERIT_OUTPUT,
         netns=executor_netns or None)
+    self.metrics = metrics_lib.PodMetrics(name, self._worker.alive,
+                                          len(self.manifest.clients))
     probes = {'/healthz': self._healthz, '/readyz': self._readyz}
-    control_get = {'/control/manifest': self._manifest}
-    control_post = {'/control/secagg/masks': self._secagg_masks}
+    control_get = {'/control/manifest': self.metrics.wrap_route(
+        'manifest', self._manifest)}
+    control_post = {'/control/secagg/masks': self.metrics.wrap_route(
+        'secagg_masks', self._secagg_masks)}
     self._terminator = None
     self._control = None
     if tls is None:
       self._health = health.HealthServer(
-          health_port, {**probes, **control_get, '/manifest': self._manifest},
+          health_port, {**probes, **control_get,
+                        '/manifest': control_get['/control/manifest']},
           post_routes=control_post)
     else:
       # Control calls only through the terminator (client cert checked).
@@ -198,6 +208,7 @@ class EdgePod:
     while not self._stopping.wait(poll):
       if not self._worker.alive():
         self.restarts += 1
+        self.metrics.executor_restarts.inc()
         logging.warning('%s: executor exited; restarting (restart %d)',
                         self.name, self.restarts)
         try:
@@ -239,6 +250,8 @@ def main(argv: list[str]) -> int:
                   _EXECUTOR_PORT.value, _EXECUTOR_NETNS.value,
                   _EXECUTOR_HOST.value, _RUN_DIR.value)
     pod.start()
+    if _METRICS_PORT.value:
+      metrics_lib.serve(_METRICS_PORT.value, pod.metrics.registry)
   except (DataPrepError, worker_process.WorkerStartError, OSError,
           secagg_masks.SecAggError, UserError) as e:
     print(f'error: edge pod {_NAME.value}: {e}', file=sys.stderr)

@@ -4,10 +4,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 from absl.testing import absltest
 import numpy as np
 import portpicker
+from prometheus_client import parser as prom_parser
 
 from data_prep import shards
 from tests import testutil
@@ -173,6 +175,39 @@ class EdgePodTest(absltest.TestCase):
     else:
       self.fail('executor was not restarted')
     self.assertEqual(health.get_json(address, '/healthz')[1]['restarts'], 1)
+
+  def test_metrics_port_serves_up_clients_calls_and_restarts(self):
+    metrics_port = portpicker.pick_unused_port()
+    process, address = self._start(_shard_dir(),
+                                   f'--metrics_port={metrics_port}')
+
+    def scrape() -> dict:
+      with urllib.request.urlopen(
+          f'http://127.0.0.1:{metrics_port}/metrics', timeout=10) as r:
+        text = r.read().decode('utf-8')
+      return {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for f in prom_parser.text_string_to_metric_families(text)
+              for s in f.samples}
+
+    self.assertEqual(health.get_json(address, '/control/manifest')[0], 200)
+    status, _ = tls.http_post_json(address, '/control/secagg/masks',
+                                   {'tag': 't', 'clients': ['z9'],
+                                    'public_keys': {}, 'layout': []})
+    self.assertEqual(status, 409)
+    got = scrape()
+    self.assertEqual(got[('tff_edge_up', (('node', 'edge-7'),
+                                          ('role', 'pod')))], 1)
+    self.assertEqual(got[('tff_edge_clients', ())], 3)
+    self.assertEqual(got[('tff_edge_calls_total', (('kind', 'manifest'),
+                                                   ('peer', '')))], 1)
+    self.assertEqual(got[('tff_edge_call_errors_total',
+                          (('error', 'http_409'), ('kind', 'secagg_masks'),
+                           ('peer', '')))], 1)
+    os.kill(testutil.child_pids(process.pid)[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while scrape()[('tff_edge_executor_restarts_total', ())] < 1:
+      self.assertLess(time.monotonic(), deadline, 'no restart counted')
+      time.sleep(0.2)
 
   def test_corrupt_shard_is_refused_at_start_naming_the_file(self):
     data_dir = _shard_dir()

@@ -16,7 +16,8 @@ gRPC service `tff_edge.EdgeServer` (messages: workers.wire):
   Run       -> one merged partial plus failures and byte counts; for a
                secure round (header `secagg`), each pod first writes its
                clients' masks (POST /control/secagg/masks on the pod)
-HTTP on --health_port: /healthz, /readyz.
+HTTP on --health_port: /healthz, /readyz. Prometheus /metrics on
+--metrics_port (workers.metrics: calls, seconds and errors per kind).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from data_prep.errors import UserError
 from workers import cpu_slots
 from workers import executor_client
 from workers import health
+from workers import metrics as metrics_lib
 from workers import tls as tls_lib
 from workers import topology as topology_lib
 from workers import wire
@@ -67,6 +69,8 @@ _CPU_SLOTS = flags.DEFINE_integer(
 _CPU_SLOTS_DIR = flags.DEFINE_string(
     'cpu_slots_dir', None, 'Lock-file directory shared by the edge servers '
     'of one machine, for --cpu_slots.')
+_METRICS_PORT = flags.DEFINE_integer(
+    'metrics_port', 0, 'Serve Prometheus /metrics on this port (0: off).')
 
 
 class _Abort(Exception):
@@ -103,6 +107,8 @@ class EdgeServer:
     self._merge_client: Optional[executor_client.ExecutorClient] = None
     self._pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=len(spec.pods), thread_name_prefix='pod')
+    self.metrics = metrics_lib.NodeMetrics('edge_server', spec.name,
+                                           up=self._merger.alive)
 
   def start(self) -> 'EdgeServer':
     self._merger.start()
@@ -225,7 +231,9 @@ class EdgeServer:
     for pod in sorted(futures):  # Merge order fixed: reproducible sums.
       try:
         result, arg_bytes, seconds[pod] = futures[pod].result()
+        self.metrics.record('pod_run', seconds[pod], peer=pod)
       except executor_client.ExecutorError as e:
+        self.metrics.record('pod_run', None, peer=pod, error=e.kind)
         logging.warning('%s: pod %s failed (%s): %s', self.spec.name, pod,
                         e.kind, e.detail)
         failures.append({'pod': pod, 'edge_server': self.spec.name,
@@ -244,6 +252,7 @@ class EdgeServer:
     merged = executor_client.merge_all(self._merge_client, merge_key, merge,
                                        partials, timeout)
     reply['merge_seconds'] = time.monotonic() - start
+    self.metrics.record('merge', reply['merge_seconds'])
     return reply, {'partial': merged.SerializeToString()}
 
 
@@ -271,9 +280,11 @@ def serve(server: EdgeServer, port: int,
       concurrent.futures.ThreadPoolExecutor(max_workers=8),
       options=worker_process.GRPC_CHANNEL_OPTIONS)
   grpc_server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-      SERVICE, {'Describe': _handler(server.describe),
-                'Prepare': _handler(server.prepare),
-                'Run': _handler(server.run)})])
+      SERVICE, {'Describe': _handler(server.metrics.wrap('describe',
+                                                         server.describe)),
+                'Prepare': _handler(server.metrics.wrap('prepare',
+                                                        server.prepare)),
+                'Run': _handler(server.metrics.wrap('run', server.run))})])
   if tls is not None:
     grpc_server.add_secure_port(f'[::]:{port}',
                                 tls_lib.grpc_server_credentials(tls))
@@ -303,7 +314,9 @@ def main(argv: list[str]) -> int:
         raise UserError('--cpu_slots needs --cpu_slots_dir')
       slots = cpu_slots.CpuSlots(_CPU_SLOTS_DIR.value, _CPU_SLOTS.value)
     server = EdgeServer(spec, slots, tls).start()
-  except (UserError, worker_process.WorkerStartError) as e:
+    if _METRICS_PORT.value:
+      metrics_lib.serve(_METRICS_PORT.value, server.metrics.registry)
+  except (UserError, worker_process.WorkerStartError, OSError) as e:
     print(f'error: edge server {_NAME.value}: {e}', file=sys.stderr)
     return 2
   port = _PORT.value or _port_of(spec.address)

@@ -257,6 +257,12 @@ class TrainConfig:
                                check=_at_least(1))
   progress: bool = _opt(True, 'tracking_args',
                         'Show a live progress line on the terminal.')
+  metrics_port: int = _opt(
+      0, 'tracking_args',
+      'Serve Prometheus /metrics on this port while training (round, eval '
+      'metrics, epsilon, failures, bytes; see workers/metrics.py); 0: off.',
+      check=lambda v: None if 0 <= v <= 65535 else
+      f'must be a port in [0, 65535], got {v}')
 
 
 OPTION_FIELDS: dict[str, dataclasses.Field] = {
