@@ -27,7 +27,10 @@ a request from the aggregation side and the party's reply:
  6. signatures    -> unmask: at least q valid signatures on the same list,
                      then, per neighbour that sent shares, the b-share if it
                      survived and the s-share if it did not. Never both kinds
-                     for one party: the kind follows the one signed list.
+                     for one party: the kind follows the one signed list. A
+                     survivor with at least t neighbours on the list also
+                     reveals its own b (what t b-shares would give anyway),
+                     so it needs no recovery.
 
 Any error ends the party's part in the attempt (its secrets are dropped);
 the aggregation side sees a dropout. Nothing is accepted twice: a second
@@ -406,7 +409,13 @@ class Party:
         b_out[v] = messages.b64encode(shamir.encode(b_share))
       else:
         s_out[v] = messages.b64encode(shamir.encode(s_share))
+    # Our own seed too, if t of our neighbours are in the sum: then revealing
+    # b ourselves tells the server nothing that t b-shares would not, and an
+    # honest neighbour among them keeps a pairwise mask on our input.
+    live = sum(v in survivors for v in s.neighbors)
+    own = s.self_seed if live >= s.params.threshold else b''
     s.stage = 'done'
     self._session = None
     return {'stage': 'unmask', **s.rid.to_json(), 'party': self.party_id,
-            'b_shares': b_out, 's_shares': s_out}
+            'b_shares': b_out, 's_shares': s_out,
+            'self_seed': messages.b64encode(own)}

@@ -169,6 +169,17 @@ class SplitViewTest(absltest.TestCase):
       r.parties[p].consistency({'stage': 'survivors', **r.rid.to_json(),
                                 'survivors': r.names[1:]})
 
+  def test_own_seed_only_with_t_listed_neighbours(self):
+    # t = 5 of k = 6: on a list of 5 survivors a party has 4 listed
+    # neighbours, too few to hide behind: it keeps its seed to itself.
+    policy = policy_lib.Policy(min_parties=3, threshold=5)
+    for survivors, revealed in ((5, False), (7, True)):
+      r = _Round(self, policy=policy)
+      stages = r.stages().advertise().reveal().share()
+      stages.mask(r.inputs, r.names[:survivors]).sign(r.names[:survivors])
+      reply = r.parties['edge-1'].unmask(stages.server.signatures_request())
+      self.assertEqual(bool(reply['self_seed']), revealed)
+
   def test_second_survivor_list_is_refused(self):
     r = _Round(self)
     stages = r.stages().through_masked_input(r.inputs).sign()

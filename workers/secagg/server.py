@@ -11,9 +11,11 @@ Two roles, matching the hierarchy:
 * `RoundServer` is the coordinator's state for one attempt of one round. It
   collects adverts and reveals, routes encrypted shares to their receivers,
   takes masked sums, asks survivors to sign the survivor list, and finally
-  rebuilds each survivor's self-mask seed b and each dropped party's mask
-  key s from t Shamir shares, removing PRG(b_u) for survivors and the
-  pairwise masks survivors shared with dropped parties. The result is the
+  takes each survivor's self-mask seed b (revealed by the survivor itself,
+  or rebuilt from t Shamir shares if it dropped after its input) and each
+  dropped party's mask key s (rebuilt from t shares), removing PRG(b_u)
+  for survivors and the pairwise masks survivors shared with dropped
+  parties. The result is the
   exact sum mod 2^b of the survivors' inputs.
 
 It checks what it can (signatures if given a roster, share counts and
@@ -158,6 +160,7 @@ class RoundServer:
     self._b_points: dict[str, list[tuple[int, int]]] = {}
     self._s_points: dict[str, list[tuple[int, int]]] = {}
     self._unmasked: list[str] = []
+    self._self_seeds: dict[str, bytes] = {}
     self._context = b''
     self._salt = b''
     self._survivors: list[str] = []
@@ -340,7 +343,8 @@ class RoundServer:
 
   def add_unmask(self, message: Any) -> None:
     self._expect('unmask')
-    message, party = self._reply(message, 'unmask', ('b_shares', 's_shares'))
+    message, party = self._reply(message, 'unmask',
+                                 ('b_shares', 's_shares', 'self_seed'))
     if party not in self._signatures or party in self._unmasked:
       raise messages.ProtocolError(f'unexpected unmask reply from {party}')
     limit = self.params.neighbors
@@ -352,6 +356,9 @@ class RoundServer:
         if owner not in held or (owner in self._sum.parties) != want_survivor:
           raise messages.ProtocolError(f'{party} revealed a {kind}-share of '
                                        f'{owner} it should not')
+    own = messages.b64decode(message['self_seed'], 'self_seed')
+    if len(own) not in (0, 32):
+      raise messages.ProtocolError(f'self_seed of {party} is {len(own)} bytes')
     x = self._index[party] + 1
     for raw, store in ((b_raw, self._b_points), (s_raw, self._s_points)):
       for owner, encoded in raw.items():
@@ -361,6 +368,8 @@ class RoundServer:
           store.setdefault(owner, []).append((x, shamir.decode(share)))
         except shamir.ShareError as e:
           raise messages.ProtocolError(str(e)) from None
+    if own:
+      self._self_seeds[party] = own
     self._unmasked.append(party)
 
   def result(self) -> np.ndarray:
@@ -384,7 +393,14 @@ class RoundServer:
       return value.to_bytes(32, 'big')
 
     for u in sorted(survivors):
-      seed = rebuild(self._b_points.get(u), u, 'self-mask seed')
+      seed = self._self_seeds.get(u)
+      points = self._b_points.get(u) or []
+      if seed is None or len(points) >= t:
+        rebuilt = rebuild(points, u, 'self-mask seed')
+        if seed is not None and seed != rebuilt:
+          raise messages.RoundFailed(f'round {self.rid.tag}: {u} revealed a '
+                                     'self-mask seed its shares contradict')
+        seed = rebuilt
       prg.add_stream(total, crypto.self_mask_key(seed, self._salt, u), -1)
     dropped: dict[str, list[str]] = {}
     for u in sorted(survivors):

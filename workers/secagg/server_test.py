@@ -136,6 +136,38 @@ class RoundServerTest(absltest.TestCase):
         stages.server.result()
 
 
+  def test_self_revealed_seeds(self):
+    stages, names, inputs = _round()
+    stages.through_masked_input(inputs).sign()
+    request = stages.server.signatures_request()
+    replies = {p: stages.parties[p].unmask(request) for p in names}
+    for reply in replies.values():  # 6 listed neighbours >= t = 4.
+      self.assertLen(messages.b64decode(reply['self_seed'], 's'), 32)
+    for why, bad in [('31 bytes', messages.b64encode(bytes(31))),
+                     ('not base64', '@@@@')]:
+      with self.assertRaises(messages.ProtocolError, msg=why):
+        stages.server.add_unmask(dict(replies[names[0]], self_seed=bad))
+    # A seed its own shares contradict fails the round, not the sum.
+    liar = dict(replies[names[0]],
+                self_seed=messages.b64encode(bytes(range(32))))
+    stages.server.add_unmask(liar)
+    for p in names[1:]:
+      stages.server.add_unmask(replies[p])
+    with self.assertRaisesRegex(messages.RoundFailed, 'contradict'):
+      stages.server.result()
+
+  def test_self_seeds_alone_suffice_for_survivors(self):
+    # Every survivor reveals its own seed; no b-shares reach the server.
+    stages, names, inputs = _round()
+    stages.through_masked_input(inputs).sign()
+    request = stages.server.signatures_request()
+    for p in names:
+      reply = stages.parties[p].unmask(request)
+      stages.server.add_unmask(dict(reply, b_shares={}))
+    np.testing.assert_array_equal(stages.server.result(),
+                                  sum(inputs.values()) % 2**16)
+
+
 class UniformityTest(absltest.TestCase):
   """What one edge server or the coordinator sees is uniform mod 2^b."""
 

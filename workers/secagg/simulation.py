@@ -39,13 +39,11 @@ class Result:
   refusals: dict[str, str]  # Party -> why it refused (a refusal = dropout).
   released: bool  # Whether any party revealed shares.
   party_seconds: dict[str, float]
-  party_bytes: dict[str, int]
+  party_bytes: dict[str, int]  # Uploaded: replies and packed vectors.
   server_seconds: float
   outcome: server_lib.Outcome | None = None
-
-
-def _size(message: Any) -> int:
-  return len(json.dumps(message, separators=(',', ':')).encode())
+  party_received: dict[str, int] = dataclasses.field(default_factory=dict)
+  stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _roundtrip(message: Any) -> Any:
@@ -53,7 +51,11 @@ def _roundtrip(message: Any) -> Any:
 
 
 class _Relay:
-  """Calls parties, times them, counts their bytes, applies dropouts."""
+  """Calls parties, times them, counts their bytes, applies dropouts.
+
+  A party's time covers what the pod would do: parse the request's JSON,
+  run the stage, serialise its reply (and pack its masked vector).
+  """
 
   def __init__(self, parties: Mapping[str, party_lib.Party],
                drop_at: Mapping[str, str]):
@@ -65,11 +67,20 @@ class _Relay:
     self.offline: set[str] = set()
     self.seconds = {p: 0.0 for p in parties}
     self.bytes = {p: 0 for p in parties}
+    self.received = {p: 0 for p in parties}
+    self.stage_seconds: dict[str, float] = {s: 0.0 for s in DROP_STAGES}
     self.refusals: dict[str, str] = {}
     self.server_seconds = 0.0
+    self._encoded: tuple[Any, str] | None = None
 
   def online(self) -> list[str]:
     return sorted(p for p in self.parties if p not in self.offline)
+
+  def _encode(self, request: Any) -> str:
+    # Holding the request itself (not its id) keeps the cache honest.
+    if self._encoded is None or self._encoded[0] is not request:
+      self._encoded = (request, json.dumps(request))
+    return self._encoded[1]
 
   def call(self, name: str, stage: str, method: str, request: Any, *args):
     """The party's reply (JSON round-tripped), or None if it dropped/refused."""
@@ -78,20 +89,26 @@ class _Relay:
     if self.drop_at.get(name) == stage:
       self.offline.add(name)
       return None
+    encoded = self._encode(request)
+    self.received[name] += len(encoded)
     start = time.process_time()
     try:
-      reply = getattr(self.parties[name], method)(_roundtrip(request), *args)
+      reply = getattr(self.parties[name], method)(json.loads(encoded), *args)
+      if isinstance(reply, tuple):  # (header, packed vector)
+        header, payload = reply
+        text = json.dumps(header)
+        self.bytes[name] += len(text) + len(payload)
+        return json.loads(text), payload
+      text = json.dumps(reply)
+      self.bytes[name] += len(text)
+      return json.loads(text)
     except messages.ProtocolError as e:
       self.refusals[name] = f'{stage}: {e}'
       return None
     finally:
-      self.seconds[name] += time.process_time() - start
-    if isinstance(reply, tuple):  # (header, packed vector)
-      header, payload = reply
-      self.bytes[name] += _size(header) + len(payload)
-      return _roundtrip(header), payload
-    self.bytes[name] += _size(reply)
-    return _roundtrip(reply)
+      elapsed = time.process_time() - start
+      self.seconds[name] += elapsed
+      self.stage_seconds[stage] += elapsed
 
   def server(self, fn, *args):
     start = time.process_time()
@@ -170,7 +187,7 @@ def run_round(parties: Mapping[str, party_lib.Party],
       return Result(True, total, expected & np.uint64((1 << bits) - 1),
                     included, attempt, '', relay.refusals, released,
                     relay.seconds, relay.bytes, relay.server_seconds,
-                    srv.outcome())
+                    srv.outcome(), relay.received, relay.stage_seconds)
     except server_lib.AttemptFailed as e:
       failure = str(e)
       outcome = srv.outcome()
@@ -181,4 +198,5 @@ def run_round(parties: Mapping[str, party_lib.Party],
       break
   return Result(False, None, expected & np.uint64((1 << bits) - 1),
                 included, attempt, failure, relay.refusals, released,
-                relay.seconds, relay.bytes, relay.server_seconds, outcome)
+                relay.seconds, relay.bytes, relay.server_seconds, outcome,
+                relay.received, relay.stage_seconds)

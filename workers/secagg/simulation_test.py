@@ -53,7 +53,9 @@ def _oracle(names, drop_at, policy, outcome):
     return False, sorted(u3), 'quorum'
   u5 = {p for p in u4 if drop_at.get(p) != 'unmask'}
   for u in u3:
-    if len(nbrs[u] & u5) < t:
+    # A survivor with t listed neighbours reveals its own seed; any other
+    # member of the sum needs t of its neighbours to reveal b-shares.
+    if not (u in u5 and len(nbrs[u] & u3) >= t) and len(nbrs[u] & u5) < t:
       return False, sorted(u3), 'rebuild'
   for v in u2 - u3:
     if nbrs[v] & u3 and len(nbrs[v] & u5) < t:
