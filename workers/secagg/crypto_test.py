@@ -68,7 +68,8 @@ class EncodingTest(absltest.TestCase):
 class KeyDerivationTest(absltest.TestCase):
 
   def test_pair_keys_agree_and_share_keys_have_direction(self):
-    a, b = x25519.X25519PrivateKey.generate(), x25519.X25519PrivateKey.generate()
+    a = x25519.X25519PrivateKey.generate()
+    b = x25519.X25519PrivateKey.generate()
     salt = os.urandom(32)
     self.assertEqual(crypto.pair_key(a, b.public_key(), salt, 'a', 'b'),
                      crypto.pair_key(b, a.public_key(), salt, 'b', 'a'))

@@ -175,6 +175,19 @@ class Party:
     self._lock = threading.Lock()
     self._session: _Session | None = None
 
+  # Request stage -> method, for the JSON-only stages (an HTTP route can
+  # dispatch on it); `forwarded_shares` goes to masked_input/mask_vector.
+  HANDLERS = {'advertise': 'advertise', 'participants': 'reveal',
+              'reveals': 'share_keys', 'survivors': 'consistency',
+              'signatures': 'unmask'}
+
+  def handle(self, request: Any) -> dict[str, Any]:
+    """Runs the JSON-only stage named by request['stage']."""
+    stage = request.get('stage') if isinstance(request, dict) else None
+    if stage not in self.HANDLERS:
+      raise messages.ProtocolError(f'unknown SecAgg stage {str(stage)[:40]!r}')
+    return getattr(self, self.HANDLERS[stage])(request)
+
   # Stage 1.
   def advertise(self, request: Any) -> dict[str, Any]:
     messages.check_fields(request, 'advertise', _RID)
@@ -206,9 +219,9 @@ class Party:
                                f'{self.party_id} (replayed, stale or after '
                                'a restart)')
       if session.stage != expect:
-        raise messages.Refused(f'{self.party_id} is at stage '
-                               f'{session.stage!r} of {rid.tag}, not '
-                               f'{expect!r}: a repeated or out-of-order request')
+        raise messages.Refused(
+            f'{self.party_id} is at stage {session.stage!r} of {rid.tag}, '
+            f'not {expect!r}: a repeated or out-of-order request')
       try:
         return step(session)
       except BaseException:

@@ -3,7 +3,10 @@
 The server here is an honest `RoundServer` whose requests the test alters
 before delivering them, plus (where stated) colluding parties: real Party
 objects whose identity keys and received shares the adversary also holds.
+Reading a colluder's session (its received shares) is the adversary's right,
+hence the protected accesses.
 """
+# pylint: disable=protected-access
 
 import copy
 import os
@@ -61,7 +64,7 @@ def _recover_input(stages, target, b_points, s_points, t):
   prg.add_stream(acc, crypto.self_mask_key(b_seed, srv.salt, target), -1)
   for v in srv.neighbors(target):
     public = x25519.X25519PublicKey.from_public_bytes(
-        srv._adverts[v].s_public)  # pylint: disable=protected-access
+        srv._adverts[v].s_public)
     key = crypto.pair_key(s_secret, public, srv.salt, target, v)
     prg.add_stream(acc, key, -1 if srv.index(target) < srv.index(v) else +1)
   return prg.reduce(acc, _BITS)
@@ -116,7 +119,7 @@ class SplitViewTest(absltest.TestCase):
         self.assertFalse(target in reply['b_shares'] and
                          target in reply['s_shares'])
     for p in corrupt:  # Colluders hand over both shares they hold.
-      b, s = r.parties[p]._session.received[target]  # pylint: disable=protected-access
+      b, s = r.parties[p]._session.received[target]
       b_points.append((srv.index(p) + 1, b))
       s_points.append((srv.index(p) + 1, s))
     return r, stages, target, b_points, s_points, refused
@@ -129,7 +132,7 @@ class SplitViewTest(absltest.TestCase):
     self.assertEqual((b_points, s_points), ([], []))
     for name in r.names:
       if name != target:
-        self.assertIsNone(r.parties[name]._state.served(  # pylint: disable=protected-access
+        self.assertIsNone(r.parties[name]._state.served(
             r.rid.run, 1)['unmask'])
 
   def test_refused_with_colluders_below_the_bound(self):
@@ -350,7 +353,7 @@ class KeySubstitutionTest(absltest.TestCase):
     r.parties['edge-1'].reveal(request)
     reveals = {'stage': 'reveals', **r.rid.to_json(),
                'reveals': {p: messages.b64encode(
-                   r.parties[p]._session.reveal)  # pylint: disable=protected-access
+                   r.parties[p]._session.reveal)
                            for p in r.names}}
     reveals['reveals']['zz-fake'] = messages.b64encode(reveal)
     with self.assertRaisesRegex(messages.Refused, 'not on the roster'):
@@ -360,7 +363,7 @@ class KeySubstitutionTest(absltest.TestCase):
     low = bytes(32)
     def poison(r, request):
       name = 'edge-4'
-      session = r.parties[name]._session  # pylint: disable=protected-access
+      session = r.parties[name]._session
       signature = r.identities[name].sign(crypto.advert_message(
           r.rid, name, low, session.advert.s_public, session.advert.commit))
       request['adverts'][4]['c_pk'] = messages.b64encode(low)
@@ -432,7 +435,7 @@ class SmallSetTest(absltest.TestCase):
     request['shares'] = {p: request['shares'][p] for p in keep}
     with self.assertRaisesRegex(messages.Refused, 'fewer than the threshold'):
       r.parties['edge-1'].masked_input(request, r.inputs['edge-1'])
-    self.assertIsNone(r.parties['edge-1']._state.served(  # pylint: disable=protected-access
+    self.assertIsNone(r.parties['edge-1']._state.served(
         r.rid.run, 1)['input'])
 
 
@@ -471,6 +474,18 @@ def _b64_mutations(value):
   yield 'not base64', '!' + value[1:]
   yield 'empty', ''
   yield 'huge', 'A' * (1 << 20)
+
+
+class DispatchTest(absltest.TestCase):
+
+  def test_handle_dispatches_json_stages_only(self):
+    r = _Round(self)
+    stages = r.stages()
+    advert = r.parties['edge-1'].handle(stages.server.advertise_request())
+    self.assertEqual(advert['stage'], 'advert')
+    for bad in [{'stage': 'forwarded_shares'}, {'stage': 'x'}, [], None]:
+      with self.assertRaises(messages.ProtocolError, msg=repr(bad)):
+        r.parties['edge-1'].handle(bad)
 
 
 class HostileMessageTest(absltest.TestCase):

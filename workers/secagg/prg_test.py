@@ -16,7 +16,7 @@ _ZERO_KEY_BLOCKS = bytes.fromhex(
 
 
 def _chacha20_block(key: bytes, counter: int) -> bytes:
-  """RFC 8439 section 2.3 in plain Python (zero nonce): an independent oracle."""
+  """RFC 8439 section 2.3 in plain Python, zero nonce: an independent oracle."""
   def rotl(v, c):
     return ((v << c) & 0xffffffff) | (v >> (32 - c))
 

@@ -66,8 +66,8 @@ class MaskedSum:
     if not parties:
       raise messages.ProtocolError('a masked vector from no party')
     if parties & self.parties:
-      raise messages.ProtocolError(f'parties {sorted(parties & self.parties)[:3]}'
-                                   ' are already in this sum')
+      twice = sorted(parties & self.parties)[:3]
+      raise messages.ProtocolError(f'parties {twice} are already in this sum')
     if vector.shape != (self.length,):
       raise messages.ProtocolError(f'a masked vector of shape {vector.shape}, '
                                    f'expected ({self.length},)')
@@ -217,7 +217,8 @@ class RoundServer:
     if party not in self._index or party in self._reveals:
       raise messages.ProtocolError(f'unexpected reveal from {party}')
     reveal = messages.b64decode(message['reveal'], 'reveal', 32)
-    if crypto.commitment(self.rid, party, reveal) != self._adverts[party].commit:
+    commit = crypto.commitment(self.rid, party, reveal)
+    if commit != self._adverts[party].commit:
       raise messages.ProtocolError(f'the reveal of {party} does not match its '
                                    'commitment')
     self._reveals[party] = reveal
@@ -411,8 +412,8 @@ class RoundServer:
       secret = x25519.X25519PrivateKey.from_private_bytes(
           rebuild(self._s_points.get(v), v, 'mask key'))
       if keys_lib.public_bytes(secret) != self._adverts[v].s_public:
-        raise messages.RoundFailed(f'round {self.rid.tag}: the rebuilt mask key '
-                                   f'of {v} does not match its advert')
+        raise messages.RoundFailed(f'round {self.rid.tag}: the rebuilt mask '
+                                   f'key of {v} does not match its advert')
       for u in partners:
         public = keys_lib.check_x25519(self._adverts[u].s_public, f'{u} s key')
         key = crypto.pair_key(secret, public, self._salt, v, u)

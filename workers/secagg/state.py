@@ -44,7 +44,8 @@ class ServedRounds:
   def _load(path: str) -> dict[str, dict[str, dict[str, Any]]]:
     if os.path.getsize(path) > MAX_FILE_BYTES:
       raise ValueError(f'SecAgg state file {path} is larger than '
-                       f'{MAX_FILE_BYTES} bytes; archive it and start a new run')
+                       f'{MAX_FILE_BYTES} bytes; archive it and start a new '
+                       'run')
     try:
       with open(path, encoding='utf-8') as f:
         data = json.load(f)
