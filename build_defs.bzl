@@ -10,6 +10,7 @@ module's imports against it. Tests and benchmarks sit above every layer.
 
 LAYERS = [
     ["//data_prep"],
+    ["//workers/secagg"],
     ["//workers"],
     ["//tff_pipeline/core"],
     ["//tff_pipeline/tasks"],
