@@ -173,27 +173,6 @@ def _write_leaf_file(path, user_snippets):
                "user_data": user_data}, f)
 
 
-def _speech(speaker: str, i: int, words: int = 30) -> str:
-  """A deterministic speech that names its speaker, > 80 characters."""
-  rng = np.random.default_rng([sum(map(ord, speaker)), i])
-  vocab = ["thou", "art", "my", "lord", "and", "the", "king", "hath",
-           "spoke", "of", "night", "fair", "Verona", "where", "we", "lay"]
-  body = " ".join(rng.choice(vocab, words))
-  lines = [body[k:k + 40] for k in range(0, len(body), 40)]
-  return f"I am {speaker}, speech {i}.\n" + "\n".join(lines)
-
-
-def _write_tiny(path, num_speakers=30):
-  """tinyshakespeare-style file; speaker k has k + 1 speeches."""
-  blocks = []
-  for k in range(num_speakers):
-    name = f"Speaker {chr(65 + k % 26)}{k // 26}"
-    for i in range(k + 1):
-      blocks.append(f"{name}:\n{_speech(name, i)}")
-  with open(path, "w", encoding="utf-8") as f:
-    f.write("\n\n".join(blocks) + "\n")
-
-
 def _snippets(manifest, info):
   return [s.decode("utf-8")
           for s in shards.read_numpy(manifest, info)["snippet"]]
@@ -319,14 +298,14 @@ class LeafTest(absltest.TestCase):
     self.root = self.create_tempdir().full_path
     self.leaf_dir = os.path.join(self.root, "leaf")
     self.train = {
-        "THE_TRAGEDY_OF_HAMLET_HAMLET": [_speech("HAMLET", i)
+        "THE_TRAGEDY_OF_HAMLET_HAMLET": [testing.speech("HAMLET", i)
                                          for i in range(4)],
-        "KING LEAR": [_speech("LEAR", i) for i in range(3)],
+        "KING LEAR": [testing.speech("LEAR", i) for i in range(3)],
         "TINY": ["x" * 85],  # 5 windows, 85 chars: below --min_chars.
     }
     self.test = {
-        "THE_TRAGEDY_OF_HAMLET_HAMLET": [_speech("HAMLET", 9)],
-        "KING LEAR": [_speech("LEAR", 9), _speech("LEAR", 10)],
+        "THE_TRAGEDY_OF_HAMLET_HAMLET": [testing.speech("HAMLET", 9)],
+        "KING LEAR": [testing.speech("LEAR", 9), testing.speech("LEAR", 10)],
     }
     _write_leaf_file(os.path.join(self.leaf_dir, "train", "a.json"),
                      self.train)
@@ -334,7 +313,7 @@ class LeafTest(absltest.TestCase):
                      self.test)
 
   def test_chaining_round_trip(self):
-    texts = [_speech("A", i) for i in range(5)]
+    texts = [testing.speech("A", i) for i in range(5)]
     xs, ys = _leaf_windows(texts)
     snippets = shakespeare.leaf_to_snippets(xs, ys)
     self.assertEqual(snippets, texts)
@@ -418,7 +397,7 @@ class PrepareTest(absltest.TestCase):
     super().setUp()
     self.root = self.create_tempdir().full_path
     self.tiny = os.path.join(self.root, "tiny.txt")
-    _write_tiny(self.tiny)
+    testing.write_tinyshakespeare(self.tiny)
 
   def test_held_out_clients_are_disjoint(self):
     manifest = shakespeare.prepare(self.tiny, os.path.join(self.root, "s"),
@@ -609,7 +588,7 @@ class CliTest(absltest.TestCase):
     super().setUp()
     self.root = self.create_tempdir().full_path
     self.tiny = os.path.join(self.root, "tiny.txt")
-    _write_tiny(self.tiny)
+    testing.write_tinyshakespeare(self.tiny)
 
   def test_success_prints_summary(self):
     out_dir = os.path.join(self.root, "out")
@@ -638,9 +617,9 @@ class CliTest(absltest.TestCase):
   def test_errors_are_one_line_exit_2(self):
     leaf = os.path.join(self.root, "leaf")
     _write_leaf_file(os.path.join(leaf, "train", "a.json"),
-                     {"A": [_speech("A", 0)]})
+                     {"A": [testing.speech("A", 0)]})
     _write_leaf_file(os.path.join(leaf, "test", "a.json"),
-                     {"A": [_speech("A", 1)]})
+                     {"A": [testing.speech("A", 1)]})
     with open(os.path.join(leaf, "test", "a.json"), "r+") as f:
       f.truncate(100)
     for data_dir, pattern in (

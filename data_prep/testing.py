@@ -75,3 +75,24 @@ def run_module(module: str, *args: str,
   stdout, stderr = process.communicate(timeout=timeout)
   return subprocess.CompletedProcess(process.args, process.returncode,
                                      stdout, stderr)
+
+
+def speech(speaker: str, i: int, words: int = 30) -> str:
+  """A deterministic speech that names its speaker, > 80 characters."""
+  rng = np.random.default_rng([sum(map(ord, speaker)), i])
+  vocab = ["thou", "art", "my", "lord", "and", "the", "king", "hath",
+           "spoke", "of", "night", "fair", "Verona", "where", "we", "lay"]
+  body = " ".join(rng.choice(vocab, words))
+  lines = [body[k:k + 40] for k in range(0, len(body), 40)]
+  return f"I am {speaker}, speech {i}.\n" + "\n".join(lines)
+
+
+def write_tinyshakespeare(path: str, num_speakers: int = 30) -> None:
+  """tinyshakespeare-style file; speaker k has k + 1 speeches."""
+  blocks = []
+  for k in range(num_speakers):
+    name = f"Speaker {chr(65 + k % 26)}{k // 26}"
+    for i in range(k + 1):
+      blocks.append(f"{name}:\n{speech(name, i)}")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n\n".join(blocks) + "\n")

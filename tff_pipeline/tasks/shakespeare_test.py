@@ -6,28 +6,8 @@ import tensorflow as tf
 
 from data_prep import shakespeare as shakespeare_prep
 from data_prep import shards
+from data_prep import testing
 from tff_pipeline.tasks import shakespeare
-
-
-def _speech(speaker: str, i: int, words: int = 30) -> str:
-  """A deterministic speech that names its speaker, > 80 characters."""
-  rng = np.random.default_rng([sum(map(ord, speaker)), i])
-  vocab = ["thou", "art", "my", "lord", "and", "the", "king", "hath",
-           "spoke", "of", "night", "fair", "Verona", "where", "we", "lay"]
-  body = " ".join(rng.choice(vocab, words))
-  lines = [body[k:k + 40] for k in range(0, len(body), 40)]
-  return f"I am {speaker}, speech {i}.\n" + "\n".join(lines)
-
-
-def _write_tiny(path, num_speakers):
-  """tinyshakespeare-style file; speaker k has k + 1 speeches."""
-  blocks = []
-  for k in range(num_speakers):
-    name = f"Speaker {chr(65 + k % 26)}{k // 26}"
-    for i in range(k + 1):
-      blocks.append(f"{name}:\n{_speech(name, i)}")
-  with open(path, "w", encoding="utf-8") as f:
-    f.write("\n\n".join(blocks) + "\n")
 
 
 def _snippets(manifest, info):
@@ -104,7 +84,7 @@ class ToSequencesTest(absltest.TestCase):
     self.assertEqual(y.shape, (0, 80))
 
   def test_in_dataset_map_on_batches(self):
-    texts = [_speech("A", i) for i in range(5)]
+    texts = [testing.speech("A", i) for i in range(5)]
     dataset = tf.data.Dataset.from_tensor_slices(texts).batch(2).map(
         shakespeare.to_sequences)
     self.assertEqual(dataset.element_spec[0].shape.as_list(), [None, 80])
@@ -131,7 +111,7 @@ class ToSequencesTest(absltest.TestCase):
   def test_shard_snippets_feed_to_sequences(self):
     root = self.create_tempdir().full_path
     tiny = os.path.join(root, "tiny.txt")
-    _write_tiny(tiny, num_speakers=4)
+    testing.write_tinyshakespeare(tiny, num_speakers=4)
     manifest = shakespeare_prep.prepare(tiny, os.path.join(root, "s"),
                                    eval_fraction=0.0, min_chars=0)
     info = manifest.clients[-1]
