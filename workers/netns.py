@@ -7,10 +7,17 @@ between nodes then crosses real interfaces, as between hosts.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
 import subprocess
+import threading
+from typing import Callable, TypeVar
+
+_T = TypeVar('_T')
+_CLONE_NEWNET = 0x40000000
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def available() -> bool:
@@ -58,6 +65,36 @@ def remove_stale() -> list[str]:
       _ip('link', 'delete', name, check=False)
       removed.append(name)
   return removed
+
+
+def call_in(namespace: str, fn: Callable[[], _T]) -> _T:
+  """Runs `fn()` in a new thread that has entered `namespace` (needs root).
+
+  A network namespace belongs to a thread, so sockets `fn` opens live in
+  `namespace` while the rest of this process stays where it is: a probe or a
+  readiness check from inside a node without starting a process there.
+  """
+  outcome: dict[str, object] = {}
+
+  def run() -> None:
+    try:
+      fd = os.open(f'/var/run/netns/{namespace}', os.O_RDONLY)
+      try:
+        if _LIBC.setns(fd, _CLONE_NEWNET) != 0:
+          error = ctypes.get_errno()
+          raise OSError(error, f'setns into {namespace}: {os.strerror(error)}')
+      finally:
+        os.close(fd)
+      outcome['value'] = fn()
+    except BaseException as e:  # pylint: disable=broad-except
+      outcome['error'] = e
+
+  thread = threading.Thread(target=run, name=f'in-{namespace}')
+  thread.start()
+  thread.join()  # The thread ends here, and its namespace with it.
+  if 'error' in outcome:
+    raise outcome['error']
+  return outcome['value']
 
 
 def command(namespace: str, argv: list[str]) -> list[str]:
