@@ -134,7 +134,8 @@ class TlsTest(absltest.TestCase):
     self.assertEqual(self.client, tls.TlsFiles(
         ca=os.path.join(self.dir, 'ca.crt'),
         cert=os.path.join(self.dir, 'coordinator.crt'),
-        key=os.path.join(self.dir, 'coordinator.key')))
+        key=os.path.join(self.dir, 'coordinator.key'),
+        crl=os.path.join(self.dir, 'ca.crl')))
 
   def test_missing_file_is_named(self):
     with self.assertRaisesRegex(
