@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Any, Callable, Optional
@@ -43,7 +44,8 @@ _RESUMABLE_CHANGES = frozenset(
     {'resume', 'progress', 'rounds', 'eval_every', 'eval_batch_size',
      'keep_checkpoints', 'output_dir',
      # Where rounds run does not change their result.
-     'executor', 'topology', 'tls_dir', 'round_timeout', 'round_retries'})
+     'executor', 'topology', 'tls_dir', 'insecure', 'round_timeout',
+     'round_retries'})
 
 
 def _check_output_dir(config: TrainConfig) -> None:
@@ -113,8 +115,8 @@ class _RemoteSetup:
     if topology.eval_data:
       eval_manifest = shards.load_manifest(topology.eval_data)
       shards.verify_shards(eval_manifest)
-    tls_dir = config.tls_dir or topology.tls_dir
-    tls = tls_lib.TlsFiles.from_dir(tls_dir, 'coordinator') if tls_dir else None
+    tls = tls_lib.resolve(config.tls_dir or topology.tls_dir, 'coordinator',
+                          config.insecure, 'the coordinator')
     cluster = distributed.Cluster(topology, tls)
     try:
       view = cluster.describe()
@@ -300,6 +302,9 @@ def run(config: TrainConfig,
     keys = [client_data.client_key(
         c, client_data.shuffle_seed(config.seed, round_num, c)) for c in sampled]
     start = time.monotonic()
+    if remote is not None and config.insecure:
+      print(f'warning: round {round_num}: plaintext channels to the edge '
+            'servers (--insecure)', file=sys.stderr, flush=True)
     if sampled:
       output, report = run_round(state, keys, sampled, round_num)
       state = output.state

@@ -142,37 +142,6 @@ class Network:
     _ip('-n', namespace, 'link', 'set', 'lo', 'up')
     return namespace, address
 
-  # A private link between a host and its own inner namespace. Every host
-  # uses the same pair: each link exists only inside its own two namespaces.
-  PRIVATE_OUTER = '10.255.255.1'
-  PRIVATE_INNER = '10.255.255.2'
-
-  def add_private(self, index: int, host_namespace: str) -> str:
-    """A namespace only `host_namespace` can reach, at PRIVATE_INNER.
-
-    Nothing routes to it from the bridge: the host namespace does not
-    forward (a new namespace has ip_forward=0), so a plaintext service there
-    is reachable from its host alone.
-
-    Returns:
-      The inner namespace's name.
-    """
-    namespace = f'tff{self.tag}x{index}'
-    outer, inner = f'v{self.tag}p{index}', f'v{self.tag}q{index}'
-    _ip('netns', 'add', namespace)
-    self.namespaces.append(namespace)
-    _ip('link', 'add', outer, 'type', 'veth', 'peer', 'name', inner)
-    _ip('link', 'set', outer, 'netns', host_namespace)
-    _ip('link', 'set', inner, 'netns', namespace)
-    _ip('-n', host_namespace, 'addr', 'add', f'{self.PRIVATE_OUTER}/30', 'dev',
-        outer)
-    _ip('-n', host_namespace, 'link', 'set', outer, 'up')
-    _ip('-n', namespace, 'addr', 'add', f'{self.PRIVATE_INNER}/30', 'dev',
-        inner)
-    _ip('-n', namespace, 'link', 'set', inner, 'up')
-    _ip('-n', namespace, 'link', 'set', 'lo', 'up')
-    return namespace
-
   def destroy(self) -> None:
     for namespace in self.namespaces:
       _ip('netns', 'delete', namespace, check=False)
