@@ -77,6 +77,9 @@ _VERIFY = flags.DEFINE_bool('verify_shards', True,
 _TLS_DIR = flags.DEFINE_string(
     'tls_dir', '', 'Folder with ca.crt and <name>.crt/.key: serve only '
     'mutual TLS on --port (nginx in front of the executor).')
+_CA_DIR = flags.DEFINE_string(
+    'ca_dir', '', 'With --tls_dir: where ca.crt (and ca.crl) are, if not in '
+    '--tls_dir (e.g. a ConfigMap; changes are picked up).')
 _EXECUTOR_PORT = flags.DEFINE_integer(
     'executor_port', 0, 'With --tls_dir: the plaintext executor port behind '
     'the terminator, on loopback (0: any free port).')
@@ -271,7 +274,8 @@ def main(argv: list[str]) -> int:
     pod = EdgePod(_NAME.value, _DATA_DIR.value, _PORT.value,
                   _HEALTH_PORT.value, _THREADS.value, _MAX_CALLS.value,
                   _VERIFY.value, _SECAGG_KEY_FILE.value,
-                  tls_lib.TlsFiles.from_dir(_TLS_DIR.value, _NAME.value)
+                  tls_lib.TlsFiles.from_dir(_TLS_DIR.value, _NAME.value,
+                                            ca_dir=_CA_DIR.value or None)
                   if _TLS_DIR.value else None,
                   _EXECUTOR_PORT.value, _RUN_DIR.value, _INSECURE.value,
                   _HEALTH_HOST.value)

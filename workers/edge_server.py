@@ -76,6 +76,9 @@ _CPU_SLOTS = flags.DEFINE_integer(
     'cpu_slots', 0,
     'Only when pods share this machine\'s cores (workers.local_cluster): at '
     'most this many pods of all edge servers compute at once (0: no limit).')
+_CA_DIR = flags.DEFINE_string(
+    'ca_dir', None, 'Where ca.crt (and ca.crl) are, if not in the TLS '
+    'directory (e.g. a ConfigMap; changes are picked up).')
 _INSECURE = flags.DEFINE_bool(
     'insecure', False, 'Serve and call pods without TLS (no --tls_dir and '
     'none in the topology). Without it the server refuses to start then.')
@@ -398,7 +401,8 @@ def main(argv: list[str]) -> int:
     topology = topology_lib.load(_TOPOLOGY.value)
     spec = topology.edge_server(_NAME.value)
     tls = tls_lib.resolve(_TLS_DIR.value or topology.tls_dir, spec.name,
-                          _INSECURE.value, f'edge server {spec.name}')
+                          _INSECURE.value, f'edge server {spec.name}',
+                          ca_dir=_CA_DIR.value)
     slots = None
     if _CPU_SLOTS.value:
       if not _CPU_SLOTS_DIR.value:

@@ -112,13 +112,19 @@ class TlsFiles:
   crl: Optional[str] = None
 
   @classmethod
-  def from_dir(cls, directory: str, node: str,
-               validate: bool = True) -> 'TlsFiles':
-    """`directory`/ca.crt, <node>.crt, <node>.key and ca.crl if present."""
-    files = cls(ca=os.path.join(directory, CA_CERT_FILE),
+  def from_dir(cls, directory: str, node: str, validate: bool = True,
+               ca_dir: Optional[str] = None) -> 'TlsFiles':
+    """<node>.crt, <node>.key in `directory`; ca.crt, ca.crl in `ca_dir`.
+
+    `ca_dir` defaults to `directory`; on Kubernetes the CA's public files
+    come from a ConfigMap, the node's own from its volume (workers.identity).
+    ca.crl is used when present.
+    """
+    ca_dir = ca_dir or directory
+    files = cls(ca=os.path.join(ca_dir, CA_CERT_FILE),
                 cert=os.path.join(directory, f'{node}.crt'),
                 key=os.path.join(directory, f'{node}.key'),
-                crl=os.path.join(directory, CRL_FILE))
+                crl=os.path.join(ca_dir, CRL_FILE))
     return files.validate() if validate else files
 
   def fingerprint(self) -> tuple:
@@ -236,7 +242,7 @@ SERVER_OPTIONS = (
 
 
 def resolve(tls_dir: Optional[str], node: str, insecure: bool,
-            who: str) -> Optional['TlsFiles']:
+            who: str, ca_dir: Optional[str] = None) -> Optional['TlsFiles']:
   """The TLS files of `node` in `tls_dir`; None only if `insecure`.
 
   Raises:
@@ -247,7 +253,7 @@ def resolve(tls_dir: Optional[str], node: str, insecure: bool,
     raise TlsError(f'{who}: --insecure and a TLS directory ({tls_dir}) '
                    'contradict each other; drop one')
   if tls_dir:
-    return TlsFiles.from_dir(tls_dir, node)
+    return TlsFiles.from_dir(tls_dir, node, ca_dir=ca_dir)
   if insecure:
     return None
   raise TlsError(f'{who}: no TLS directory (--tls_dir or the topology\'s '
