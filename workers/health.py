@@ -45,9 +45,8 @@ class _BoundedServer(http.server.ThreadingHTTPServer):
   daemon_threads = True
   request_queue_size = 64
 
-  def __init__(self, address, handler, limit: int, request_seconds: float):
+  def __init__(self, address, handler, limit: int):
     self._slots = threading.BoundedSemaphore(limit)
-    self._request_seconds = request_seconds
     super().__init__(address, handler)
 
   def process_request(self, request, client_address):
@@ -67,15 +66,9 @@ class _BoundedServer(http.server.ThreadingHTTPServer):
       raise
 
   def process_request_thread(self, request, client_address):
-    # Cuts off a request that is still not done after request_seconds, even
-    # if each byte arrives within the socket timeout of the last (slow loris).
-    timer = threading.Timer(self._request_seconds, _cut, args=(request,))
-    timer.daemon = True
-    timer.start()
     try:
       super().process_request_thread(request, client_address)
     finally:
-      timer.cancel()
       self._slots.release()
 
 
@@ -114,7 +107,22 @@ class HealthServer:
       timeout = socket_seconds  # Of every read and write.
       protocol_version = 'HTTP/1.0'  # One request per connection.
 
+      def setup(self):
+        super().setup()
+        # Cuts off a request not received whole within request_seconds,
+        # even if each byte comes within the socket timeout (slow loris).
+        # Stopped once it is read: a route may compute for longer.
+        self._deadline = threading.Timer(request_seconds, _cut,
+                                         args=(self.request,))
+        self._deadline.daemon = True
+        self._deadline.start()
+
+      def finish(self):
+        self._deadline.cancel()
+        super().finish()
+
       def do_GET(self):  # pylint: disable=invalid-name
+        self._deadline.cancel()
         route = routes.get(self.path.split('?', 1)[0])
         if route is None:
           status, body = 404, {'error': f'no route {self.path[:200]}',
@@ -149,6 +157,7 @@ class HealthServer:
         except (ValueError, OSError) as e:
           self._reply(400, {'error': str(e)})
           return
+        self._deadline.cancel()
         try:
           status, body = route(request)
         except ValueError as e:
@@ -171,8 +180,7 @@ class HealthServer:
       def log_message(self, *args):  # Probes every few seconds: keep quiet.
         del args
 
-    self._server = _BoundedServer((host, port), Handler, max_connections,
-                                  request_seconds)
+    self._server = _BoundedServer((host, port), Handler, max_connections)
     self.port = self._server.server_address[1]
     self.host = host
     self._thread = threading.Thread(target=self._server.serve_forever,

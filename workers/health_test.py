@@ -51,9 +51,14 @@ class HealthServerTest(absltest.TestCase):
       self.release.wait(30)
       return 200, {'slow': True}
 
+    def compute(request):
+      time.sleep(3)  # Longer than request_seconds: the route may take it.
+      return 200, {'computed': request}
+
     self.server = health.HealthServer(
         0, {'/healthz': lambda: (200, {'ok': True}), '/slow': slow},
-        host='127.0.0.1', post_routes={'/echo': echo}, max_connections=2,
+        host='127.0.0.1', post_routes={'/echo': echo, '/compute': compute},
+        max_connections=2,
         request_seconds=2.0, socket_seconds=1.0).start()
     self.addCleanup(self.server.stop)
     self.addCleanup(self.release.set)
@@ -124,6 +129,11 @@ class HealthServerTest(absltest.TestCase):
     # Meanwhile and after, others are served.
     self.assertEqual(health.get_json(f'127.0.0.1:{self.port}', '/healthz')[0],
                      200)
+
+  def test_a_route_may_compute_longer_than_the_request_deadline(self):
+    reply = _raw(self.port, b'POST /compute HTTP/1.1\r\nHost: x\r\n'
+                 b'Content-Length: 2\r\n\r\n{}')
+    self.assertEqual(_status(reply), 200, reply)
 
   def test_connections_beyond_the_limit_get_503_not_a_thread(self):
     threads = [threading.Thread(target=_raw, args=(
