@@ -40,6 +40,9 @@ if [[ ! -x .venv/bin/python ]]; then
   log "creating .venv"
   "$PY" -m venv .venv
 fi
+# A .venv made by `uv venv` (older setups) has no pip: add it (offline).
+.venv/bin/python -m pip --version > /dev/null 2>&1 ||
+  .venv/bin/python -m ensurepip -q --upgrade
 if ! .venv/bin/python -m uv --version 2>/dev/null | grep -q '^uv 0.13.9'; then
   log "installing uv into .venv (hash-checked)"
   .venv/bin/python -m pip install -q --require-hashes --no-deps \
