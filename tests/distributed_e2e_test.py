@@ -444,17 +444,21 @@ class DistributedEndToEndTest(absltest.TestCase):
     victim = sorted(os.listdir(os.path.join(pod_dir, 'clients')))[0]
     path = os.path.join(pod_dir, 'clients', victim)
     with open(path, 'rb') as f:
-      original = f.read()
-    with open(path, 'r+b') as f:  # After the pod's start-up check.
-      # Mid-record (records are all the same size: half the file would end
-      # on a record boundary and just hold fewer examples).
-      f.truncate(len(original) // 2 + 7)
+      data = bytearray(f.read())
+    # Garbage in the middle of a record: its CRC fails and TF raises
+    # DataLossError inside the pod's round (a cut file would only end
+    # early: TF drops a truncated last record). A new file in its place:
+    # the original (hard-linked into the data cache) stays intact.
+    data[len(data) // 2:len(data) // 2 + 16] = b'\xff' * 16
+    os.link(path, path + '.orig')
+    with open(path + '.bad', 'wb') as f:
+      f.write(data)
+    os.replace(path + '.bad', path)  # After the pod's start-up check.
     try:
       process = self._start_training(config)
       output, _ = process.communicate(timeout=600)
     finally:
-      with open(path, 'wb') as f:
-        f.write(original)
+      os.replace(path + '.orig', path)
     self.assertEqual(process.returncode, 0, output)
     rows = _rows(config.output_dir)
     self.assertEqual([r['round'] for r in rows], [1, 2, 3])
