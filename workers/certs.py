@@ -87,23 +87,29 @@ _DAYS = flags.DEFINE_integer('days', DEFAULT_NODE_DAYS,
                              'Validity of node certificates, in days.')
 _CA_DAYS = flags.DEFINE_integer('ca_days', DEFAULT_CA_DAYS,
                                 'Validity of a new CA certificate, in days.')
-_NAME = flags.DEFINE_string('name', None, 'csr, sign: the node name.')
-_ROLE = flags.DEFINE_enum('role', None, list(tls.ROLES),
-                          'csr, sign: the node role (sign writes it).')
-_DIR = flags.DEFINE_string(
-    'dir', None, 'csr: the node\'s own directory for <name>.key (made here if '
-    'missing, 0600) and <name>.csr.')
-_CA_DIR = flags.DEFINE_string(
-    'ca_dir', None, 'sign, revoke, crl: directory with ca.crt and ca.key.')
-_CSR = flags.DEFINE_string('csr', None, 'sign: the PEM CSR file.')
-_OUT = flags.DEFINE_string('out', None, 'sign: where to write the certificate '
-                           '(default: the CSR path with .crt).')
-_CERT = flags.DEFINE_multi_string('cert', [], 'revoke: certificate file(s) '
-                                  'to revoke.')
-_CRL_DAYS = flags.DEFINE_integer(
-    'crl_days', DEFAULT_CRL_DAYS, 'revoke, crl: days until the CRL must be '
-    're-signed (`crl`); nginx and the edge servers refuse everyone once it '
-    'has expired.')
+FLAGS = flags.FLAGS
+
+
+def define_command_flags() -> None:
+  """Flags of csr, sign, revoke and crl: defined only when run as a program
+  (other modules define --name or --ca_dir too, in one test process)."""
+  flags.DEFINE_string('name', None, 'csr, sign: the node name.')
+  flags.DEFINE_enum('role', None, list(tls.ROLES),
+                    'csr, sign: the node role (sign writes it).')
+  flags.DEFINE_string(
+      'dir', None, 'csr: the node\'s own directory for <name>.key (made here '
+      'if missing, 0600) and <name>.csr.')
+  flags.DEFINE_string(
+      'ca_dir', None, 'sign, revoke, crl: directory with ca.crt and ca.key.')
+  flags.DEFINE_string('csr', None, 'sign: the PEM CSR file.')
+  flags.DEFINE_string('out', None, 'sign: where to write the certificate '
+                      '(default: the CSR path with .crt).')
+  flags.DEFINE_multi_string('cert', [], 'revoke: certificate file(s) to '
+                            'revoke.')
+  flags.DEFINE_integer(
+      'crl_days', DEFAULT_CRL_DAYS, 'revoke, crl: days until the CRL must be '
+      're-signed (`crl`); nginx and the edge servers refuse everyone once it '
+      'has expired.')
 
 
 class CertError(UserError):
@@ -599,21 +605,21 @@ def _run(command: Optional[str]) -> list[str]:
                         overwrite=_OVERWRITE.value, reuse_ca=_REUSE_CA.value,
                         days=_DAYS.value, ca_days=_CA_DAYS.value)
   if command == 'csr':
-    return list(make_node_csr(_require(_DIR.value, 'dir', 'csr'),
-                              _require(_NAME.value, 'name', 'csr'),
-                              _require(_ROLE.value, 'role', 'csr')))
+    return list(make_node_csr(_require(FLAGS.dir, 'dir', 'csr'),
+                              _require(FLAGS.name, 'name', 'csr'),
+                              _require(FLAGS.role, 'role', 'csr')))
   if command == 'sign':
-    node = _require(_NAME.value, 'name', 'sign')
-    csr_path = _require(_CSR.value, 'csr', 'sign')
-    ca = load_ca(_require(_CA_DIR.value, 'ca_dir', 'sign'))
+    node = _require(FLAGS.name, 'name', 'sign')
+    csr_path = _require(FLAGS.csr, 'csr', 'sign')
+    ca = load_ca(_require(FLAGS.ca_dir, 'ca_dir', 'sign'))
     sans = parse_san_flags(_SAN.value, [node]).get(node, [])
     cert = sign_csr(ca, _read(csr_path, 'CSR'), node,
-                    _require(_ROLE.value, 'role', 'sign'), sans, _DAYS.value)
-    out = _OUT.value or os.path.splitext(csr_path)[0] + '.crt'
+                    _require(FLAGS.role, 'role', 'sign'), sans, _DAYS.value)
+    out = FLAGS.out or os.path.splitext(csr_path)[0] + '.crt'
     _write(out, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return [out]
   if command == 'revoke':
-    paths = _require(_CERT.value, 'cert', 'revoke')
+    paths = _require(FLAGS.cert, 'cert', 'revoke')
     revoked = []
     for path in paths:
       try:
@@ -621,11 +627,11 @@ def _run(command: Optional[str]) -> list[str]:
                                                             'certificate')))
       except ValueError:
         raise CertError(f'{path} is not a PEM certificate') from None
-    return [write_crl(_require(_CA_DIR.value, 'ca_dir', 'revoke'), revoked,
-                      _CRL_DAYS.value)]
+    return [write_crl(_require(FLAGS.ca_dir, 'ca_dir', 'revoke'), revoked,
+                      FLAGS.crl_days)]
   if command == 'crl':
-    return [write_crl(_require(_CA_DIR.value, 'ca_dir', 'crl'), (),
-                      _CRL_DAYS.value)]
+    return [write_crl(_require(FLAGS.ca_dir, 'ca_dir', 'crl'), (),
+                      FLAGS.crl_days)]
   raise CertError(f'unknown command {command!r}: use csr, sign, revoke, crl '
                   'or none (a whole bundle with --out_dir and --nodes)')
 
@@ -655,4 +661,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
+  define_command_flags()
   app.run(main)

@@ -31,14 +31,20 @@ from cryptography import x509
 from workers import certs
 from workers import tls
 
-# --dir, --name and --role are workers.certs' flags (same meaning).
 FLAGS = flags.FLAGS
-_CA = flags.DEFINE_string('ca', None, 'The cluster CA certificate (public).')
-_WAIT = flags.DEFINE_float('wait_seconds', 0.0,
-                           'How long to wait for the certificate.')
-_RENEW_DAYS = flags.DEFINE_integer(
-    'renew_days', 30, 'Print a CSR for renewal when the certificate has '
-    'fewer days left than this.')
+
+
+def define_flags() -> None:
+  """--dir, --name, --role (workers.certs'), --ca, --wait_seconds,
+  --renew_days; only when run as a program."""
+  certs.define_command_flags()
+  flags.DEFINE_string('ca', None, 'The cluster CA certificate (public).')
+  flags.DEFINE_float('wait_seconds', 0.0,
+                     'How long to wait for the certificate.')
+  flags.DEFINE_integer(
+      'renew_days', 30, 'Print a CSR for renewal when the certificate has '
+      'fewer days left than this.')
+
 
 _POLL_SECONDS = 2.0
 
@@ -80,9 +86,9 @@ def main(argv: list[str]) -> int:
   except (certs.CertError, OSError) as e:
     print(f'error: identity: {e}', file=sys.stderr)
     return 2
-  why = problem(directory, name, role, _CA.value)
+  why = problem(directory, name, role, FLAGS.ca)
   if why is None:
-    if days_left(directory, name) < _RENEW_DAYS.value:
+    if days_left(directory, name) < FLAGS.renew_days:
       print(f'identity: {name}: certificate expires in '
             f'{days_left(directory, name):.0f} days; CSR for renewal '
             f'({csr_path}):', flush=True)
@@ -95,11 +101,11 @@ def main(argv: list[str]) -> int:
           f'Its CSR ({csr_path}); sign it with k8s/sign_csrs.sh or '
           '`python -m workers.certs sign`:', flush=True)
     print(f.read(), end='', flush=True)
-  deadline = time.monotonic() + _WAIT.value
+  deadline = time.monotonic() + FLAGS.wait_seconds
   last = why
   while time.monotonic() < deadline:
     time.sleep(_POLL_SECONDS)
-    why = problem(directory, name, role, _CA.value)
+    why = problem(directory, name, role, FLAGS.ca)
     if why is None:
       print(f'identity: {name} ({role}) is ready', flush=True)
       return 0
@@ -113,4 +119,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
