@@ -15,7 +15,9 @@
 #    needs no Debian mirror. --rebuild-base redoes it.
 # 3. `podman build -f k8s/Containerfile` on a staged context (the Python
 #    packages, configs and requirements.txt; never .venv, certs or runs).
-#    Python packages come from a wheelhouse if one is given (or
+#    The loopback bind shim is compiled here with the host's gcc.
+#    Python packages (hash-checked: requirements.txt pins every sha256) come
+#    from a wheelhouse if one is given (or
 #    --fill-wheelhouse fills $CACHE_DIR/wheelhouse with `pip wheel` first:
 #    then the build itself runs with --network=none), else from PyPI during
 #    the build, trusting the host's CA bundle (mounted, not copied).
@@ -121,6 +123,12 @@ context=$(mktemp -d "$CACHE_DIR/context.XXXXXX")
 trap 'rm -rf "$context"' EXIT
 mkdir -p "$context/app"
 cp "$REPO/requirements.txt" "$context/"
+# The loopback bind shim (workers/native/loopback_bind.c), built here: it
+# needs only GLIBC_2.2.5 symbols, so the host's gcc serves the image (which
+# has no compiler). Without it every executor refuses to start.
+command -v gcc > /dev/null || die "gcc is not installed: apt-get install -y gcc libc6-dev"
+gcc -shared -fPIC -O2 -Wall -o "$context/loopback_bind.so" \
+  "$REPO/workers/native/loopback_bind.c"
 for package in data_prep tff_pipeline workers configs; do
   # Only code and configs: no tests, caches or local outputs.
   (cd "$REPO" && find "$package" -type f \( -name '*.py' -o -name '*.yaml' \) \

@@ -8,9 +8,13 @@
 # 1. Renders the podman overlay for --pods / --edge-servers with
 #    k8s/render.py (the committed overlays/local is the 10/2 case) and, with
 #    --train-config, that training config instead of k8s/base/train.yaml.
-# 2. Makes certificates and SecAgg keys with k8s/make_secrets.sh and puts
-#    each Secret's files into a podman volume of the Secret's name (what the
-#    overlay mounts instead of Secrets).
+# 2. Makes the CA and the server side's certificates with
+#    k8s/make_secrets.sh and puts each Secret's files into a podman volume of
+#    the Secret's name (what the overlay mounts instead of Secrets); the CA's
+#    ConfigMap goes to kube play with the training config. Edge pods make
+#    their own keys: while kube play runs, a signer reads each pod's CSR
+#    (podman exec), signs it with the CA (workers.certs sign) and puts the
+#    certificate on the pod's volume, as k8s/sign_csrs.sh does on a cluster.
 # 3. `podman kube play --network tff-edge-e2e --configmap ...`: the edge
 #    pods, the edge servers and the coordinator, on one podman network whose
 #    DNS resolves each pod by name (edge-3, edge-server-0).
@@ -142,13 +146,20 @@ if podman network exists "$NETWORK"; then
   die "podman network $NETWORK exists (an earlier run?): podman network rm -f $NETWORK"
 fi
 
-# 2. Secrets as podman volumes.
-log "certificates and SecAgg keys (k8s/make_secrets.sh)"
-PYTHON=$PYTHON "$K8S/make_secrets.sh" --dir="$WORK/secrets" --pods="$PODS" \
+# 2. Secrets as podman volumes; the CA ConfigMap beside the training one.
+log "the CA and server-side certificates (k8s/make_secrets.sh)"
+PYTHON=$PYTHON "$K8S/make_secrets.sh" --dir="$WORK/secrets" \
   --edge-servers="$SERVERS" > "$WORK/make_secrets.log" 2>&1 ||
   die "make_secrets.sh: $(cat "$WORK/make_secrets.log")"
+"$PYTHON" - "$WORK/secrets/secrets.yaml" >> "$CONFIGMAP" <<'PY'
+import sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+  if d and d['kind'] == 'ConfigMap':
+    print('---'); print(yaml.safe_dump(d, sort_keys=False), end='')
+PY
 for secret_dir in "$WORK"/secrets/files/*/; do
   secret=$(basename "$secret_dir")
+  [[ $secret == tff-edge-ca ]] && continue  # A ConfigMap, above.
   podman volume create "$secret" > /dev/null
   mountpoint=$(podman volume inspect --format '{{.Mountpoint}}' "$secret")
   cp "$secret_dir"/* "$mountpoint/"
@@ -156,12 +167,35 @@ for secret_dir in "$WORK"/secrets/files/*/; do
   chmod 0500 "$mountpoint"; chmod 0400 "$mountpoint"/*
 done
 
+# The edge pods' signer: kube play runs each pod's init containers before
+# the next pod, so it signs while kube play waits on the `identity` one.
+sign_pods() {
+  local i pod ctr
+  for ((i = 0; i < PODS; i++)); do
+    pod=edge-$i ctr=edge-$i-identity
+    until podman exec "$ctr" test -s "/data/identity/$pod.csr" 2>/dev/null; do
+      sleep 1
+    done
+    podman exec "$ctr" cat "/data/identity/$pod.csr" > "$WORK/$pod.csr"
+    (cd "$REPO" && "$PYTHON" -m workers.certs sign \
+       --ca_dir="$WORK/secrets/certs" --csr="$WORK/$pod.csr" --name="$pod" \
+       --role=edge-pod --out="$WORK/$pod.crt" > /dev/null)
+    podman exec -i "$ctr" sh -c \
+      "cat > /data/identity/$pod.crt.new && mv /data/identity/$pod.crt.new /data/identity/$pod.crt" \
+      < "$WORK/$pod.crt"
+    log "signed $pod's CSR; its key never left it"
+  done
+}
+
 # 3. Play.
 podman network create "$NETWORK" > /dev/null
+sign_pods > "$WORK/sign.log" 2>&1 &
+SIGNER=$!
 log "podman kube play ($(grep -c '^kind: Pod$' "$PLAY") pods on network $NETWORK)"
 PLAYED=1
 podman kube play --network "$NETWORK" --configmap "$CONFIGMAP" "$PLAY" \
   > "$WORK/play.log" 2>&1 || die "podman kube play: $(tail -20 "$WORK/play.log")"
+wait "$SIGNER" || die "signing the pods' CSRs failed: $(cat "$WORK/sign.log")"
 
 # 4. Wait for the coordinator.
 coordinator=coordinator-coordinator

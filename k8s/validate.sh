@@ -54,12 +54,24 @@ done
 "$PYTHON" "$K8S/render.py" --check ||
   fail "overlays/local is stale: run python3 k8s/render.py"
 
-PYTHON=$PYTHON "$K8S/make_secrets.sh" --dir="$tmp/secrets" --pods=3 \
+PYTHON=$PYTHON "$K8S/make_secrets.sh" --dir="$tmp/secrets" \
   --edge-servers=1 > /dev/null
 if ! "${VALIDATE[@]}" --kubernetes-version "$VERSION" --strict --quiet \
      "$tmp/secrets/secrets.yaml" > "$tmp/report" 2>&1; then
   cat "$tmp/report" >&2
   fail "the Secrets of make_secrets.sh do not validate"
 fi
-echo "make_secrets.sh: 4 Secrets valid against Kubernetes $VERSION (strict)"
+echo "make_secrets.sh: 2 Secrets and the CA ConfigMap valid against Kubernetes $VERSION (strict)"
+
+# An edge pod's CertificateSigningRequest, as k8s/sign_csrs.sh creates it.
+(cd "$K8S/.." && "$PYTHON" -m workers.certs csr --dir="$tmp/pod" \
+   --name=edge-0 --role=edge-pod > /dev/null)
+"$PYTHON" "$K8S/csr_object.py" request --csr="$tmp/pod/edge-0.csr" \
+  --node=edge-0 > "$tmp/csr.json"
+if ! "${VALIDATE[@]}" --kubernetes-version "$VERSION" --strict --quiet \
+     "$tmp/csr.json" > "$tmp/report" 2>&1; then
+  cat "$tmp/report" >&2
+  fail "the CertificateSigningRequest of csr_object.py does not validate"
+fi
+echo "csr_object.py: CertificateSigningRequest valid against Kubernetes $VERSION (strict)"
 echo "validate.sh: all overlays valid"

@@ -15,7 +15,9 @@ kubernetes-client lacks kustomize v5's `replicas` with `replacements`).
 
 from __future__ import annotations
 
+import base64
 import difflib
+import json
 import os
 import re
 import shutil
@@ -30,6 +32,7 @@ import yaml
 
 from tests import testutil
 from tff_pipeline.core import config as config_lib
+from workers import tls
 from workers import topology_gen
 from tff_pipeline import plan
 
@@ -42,6 +45,12 @@ VERSION = '1.32.0'
 PODMAN_KINDS = {'Pod', 'Deployment', 'PersistentVolumeClaim', 'ConfigMap'}
 LABEL = 'app.kubernetes.io/component'
 METRICS_PORT = 9090  # Prometheus /metrics of every tier (workers/metrics.py).
+
+
+# setup.sh installs kubectl (with kustomize v5) into .venv/bin, beside the
+# interpreter: found first, for this test and the scripts it runs.
+os.environ['PATH'] = (os.path.dirname(sys.executable) + os.pathsep +
+                      os.environ.get('PATH', ''))
 
 
 def _kubectl_problem() -> str | None:
@@ -144,7 +153,9 @@ class K8sManifestsTest(absltest.TestCase):
     self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
     for overlay in ('cluster', 'local'):
       self.assertIn(f'overlays/{overlay}: ', result.stdout)
-    self.assertIn('4 Secrets valid', result.stdout)
+    self.assertIn('2 Secrets and the CA ConfigMap valid', result.stdout)
+    self.assertIn('csr_object.py: CertificateSigningRequest valid',
+                  result.stdout)
 
   def test_schemas_of_1_32_are_bundled(self):
     self._validate(self.cluster, 'cluster')
@@ -183,16 +194,24 @@ class K8sManifestsTest(absltest.TestCase):
     pod = _container(spec, 'edge-pod')
     self.assertEqual(pod['command'][:3], ['python', '-m', 'workers.edge_pod'])
     for flag, value in (('port', '8000'), ('health_port', '8001'),
-                        ('tls_dir', '/tls'), ('secagg_key_file', '/secagg/key'),
+                        ('tls_dir', '/data/identity'), ('ca_dir', '/ca'),
+                        ('secagg_key_file', '/data/identity/secagg.key'),
                         ('data_dir', '/data/shards'), ('run_dir', '/run/tls')):
       self.assertEqual(_flag(pod, flag), value)
-    # Its own identity only: the Secrets are mounted in `identity` alone.
-    secret_volumes = {v['name'] for v in spec['volumes'] if 'secret' in v}
-    self.assertEqual(secret_volumes, {'secrets-tls', 'secrets-secagg'})
-    for container in _containers(spec):
-      mounted = {m['name'] for m in container.get('volumeMounts', [])}
-      if container['name'] != 'identity':
-        self.assertFalse(mounted & secret_volumes, container['name'])
+    # Secrets born where they are used: no Secret reaches an edge pod; its
+    # key, certificate and SecAgg secret live on its own volume, made there.
+    self.assertEqual([v['name'] for v in spec['volumes'] if 'secret' in v],
+                     [])
+    identity = _container(spec, 'identity')
+    self.assertEqual(identity['command'][:3],
+                     ['python', '-m', 'workers.identity'])
+    self.assertEqual(_flag(identity, 'dir'), '/data/identity')
+    self.assertEqual(_flag(identity, 'role'), 'edge-pod')
+    self.assertEqual(_flag(identity, 'ca'), '/ca/ca.crt')
+    self.assertIn({'name': 'data', 'mountPath': '/data'},
+                  identity['volumeMounts'])
+    ca = next(v for v in spec['volumes'] if v['name'] == 'ca')
+    self.assertEqual(ca['configMap']['name'], 'tff-edge-ca')
 
   def test_edge_servers_and_coordinator(self):
     servers = _one(self.cluster, 'StatefulSet', 'edge-server')
@@ -242,7 +261,8 @@ class K8sManifestsTest(absltest.TestCase):
                        f'edge-server-{servers - 1}')
 
   def test_training_config_is_fedml_yaml_that_resolves(self):
-    config_map = next(o for o in self.cluster if o['kind'] == 'ConfigMap')
+    config_map = next(o for o in self.cluster if o['kind'] == 'ConfigMap'
+                      and o['metadata']['name'].startswith('tff-edge-config'))
     text = config_map['data']['train.yaml']
     raw = yaml.safe_load(text)
     self.assertLessEqual(set(raw), set(config_lib.SECTIONS))
@@ -256,9 +276,10 @@ class K8sManifestsTest(absltest.TestCase):
     pods = _one(self.cluster, 'StatefulSet', 'edge')['spec']['replicas']
     self.assertGreaterEqual(config.num_clients, pods)  # no empty pod
     # The pods mount this ConfigMap under the name kustomize gave it.
+    # (and the CA's public ConfigMap from make_secrets.sh, by its own name).
     names = {v['configMap']['name'] for _, _, spec in _pod_specs(self.cluster)
              for v in spec['volumes'] if 'configMap' in v}
-    self.assertEqual(names, {config_map['metadata']['name']})
+    self.assertEqual(names, {config_map['metadata']['name'], 'tff-edge-ca'})
 
   def test_network_policies(self):
     policies = [o for o in self.cluster if o['kind'] == 'NetworkPolicy']
@@ -318,15 +339,19 @@ class K8sManifestsTest(absltest.TestCase):
       self.assertIn(f'--metrics_port={METRICS_PORT}',
                     ' '.join(main['command']), pod['metadata']['name'])
 
-  def test_probes_use_the_plain_health_port_not_the_tls_port(self):
+  def test_probes_run_inside_the_pod_against_the_loopback_health_port(self):
     for kind, name, port in (('StatefulSet', 'edge', 8001),
                              ('StatefulSet', 'edge-server', 7001)):
       spec = _one(self.cluster, kind, name)['spec']['template']['spec']
       main = spec['containers'][0]
-      ports = {p['name']: p['containerPort'] for p in main['ports']}
+      # Only the TLS port is a container port: no plaintext one.
+      self.assertEqual([p['containerPort'] for p in main['ports']],
+                       [8000 if name == 'edge' else 7000])
       for probe in ('startupProbe', 'livenessProbe', 'readinessProbe'):
-        target = main[probe]['httpGet']['port']
-        self.assertEqual(ports.get(target, target), port, f'{name} {probe}')
+        command = main[probe]['exec']['command']
+        self.assertEqual(command[:3], ['python', '-m', 'workers.health'])
+        self.assertRegex(command[3], rf'^--probe=127\.0\.0\.1:{port}/'
+                         r'(healthz|readyz)$', f'{name} {probe}')
 
   def test_every_container_has_resources_and_a_locked_down_context(self):
     for workload, _, spec in _pod_specs(self.cluster):
@@ -493,20 +518,75 @@ class K8sManifestsTest(absltest.TestCase):
       secrets = {d['metadata']['name']: d for d in yaml.safe_load_all(f) if d}
     self._validate(list(secrets.values()), 'secrets')
     keys = {name: set(s['data']) for name, s in secrets.items()}
-    self.assertEqual(keys['tff-edge-tls'], {'ca.crt'} | {
-        f'edge-{i}.{ext}' for i in range(3) for ext in ('crt', 'key')})
-    self.assertEqual(keys['tff-edge-secagg'], {'edge-0', 'edge-1', 'edge-2'})
+    # No edge pod key or SecAgg secret: pods make their own.
+    self.assertEqual(set(secrets), {'tff-edge-server-tls',
+                                    'tff-coordinator-tls', 'tff-edge-ca'})
+    self.assertFalse(any(name.startswith('edge-') and name.endswith('.key')
+                         and not name.startswith('edge-server')
+                         for k in keys.values() for name in k))
+    self.assertFalse(os.path.exists(os.path.join(tmp, 's', 'secagg')))
+    self.assertEqual(sorted(f for f in os.listdir(os.path.join(tmp, 's',
+                                                              'certs'))
+                            if f.endswith('.key')),
+                     ['ca.key', 'coordinator.key', 'edge-server-0.key',
+                      'edge-server-1.key'])
     self.assertEqual(keys['tff-edge-server-tls'], {'ca.crt'} | {
         f'edge-server-{j}.{ext}' for j in range(2) for ext in ('crt', 'key')})
     self.assertEqual(keys['tff-coordinator-tls'],
                      {'ca.crt', 'coordinator.crt', 'coordinator.key'})
+    self.assertEqual(secrets['tff-edge-ca']['kind'], 'ConfigMap')
+    self.assertEqual(keys['tff-edge-ca'], {'ca.crt'})
     self.assertFalse(any('ca.key' in k for k in keys.values()))
     # The names the manifests mount.
     mounted = {v['secret']['secretName'] for _, _, spec in
                _pod_specs(self.cluster) for v in spec['volumes']
                if 'secret' in v}
-    self.assertEqual(mounted, set(secrets))
+    self.assertEqual(mounted, set(secrets) - {'tff-edge-ca'})
 
+  def test_a_pod_csr_becomes_a_valid_kubernetes_object_and_certificate(self):
+    tmp = self.create_tempdir().full_path
+    subprocess.run([sys.executable, '-m', 'workers.certs', 'csr',
+                    f'--dir={tmp}/pod', '--name=edge-3', '--role=edge-pod'],
+                   check=True, cwd=SOURCE_ROOT, capture_output=True)
+    ca_dir = f'{tmp}/ca'
+    subprocess.run([sys.executable, '-m', 'workers.certs', f'--out_dir={ca_dir}',
+                    '--nodes=coordinator'], check=True, cwd=SOURCE_ROOT,
+                   capture_output=True)
+    request = json.loads(subprocess.run(
+        [sys.executable, os.path.join(K8S, 'csr_object.py'), 'request',
+         f'--csr={tmp}/pod/edge-3.csr', '--node=edge-3'], check=True,
+        capture_output=True, text=True).stdout)
+    self._validate([request], 'csr')
+    self.assertEqual(request['spec']['signerName'], 'tff-edge.io/node')
+    self.assertNotIn(b'PRIVATE', base64.b64decode(request['spec']['request']))
+    # As the API returns it once `kubectl certificate approve` ran.
+    request['status'] = {'conditions': [{
+        'type': 'Approved', 'status': 'True', 'reason': 'OperatorApproved',
+        'message': 'checked', 'lastUpdateTime': '2026-01-01T00:00:00Z'}]}
+    with open(f'{tmp}/edge-3.csr', 'wb') as f:
+      f.write(base64.b64decode(request['spec']['request']))
+    subprocess.run([sys.executable, '-m', 'workers.certs', 'sign',
+                    f'--ca_dir={ca_dir}', f'--csr={tmp}/edge-3.csr',
+                    '--name=edge-3', '--role=edge-pod', f'--out={tmp}/edge-3.crt'],
+                   check=True, cwd=SOURCE_ROOT, capture_output=True)
+    signed = json.loads(subprocess.run(
+        [sys.executable, os.path.join(K8S, 'csr_object.py'), 'status',
+         f'--cert={tmp}/edge-3.crt'], input=json.dumps(request), check=True,
+        capture_output=True, text=True).stdout)
+    self._validate([signed], 'csr-status')
+    cert = base64.b64decode(signed['status']['certificate'])
+    with open(f'{tmp}/pod/edge-3.crt', 'wb') as f:
+      f.write(cert)
+    files = tls.TlsFiles.from_dir(f'{tmp}/pod', 'edge-3', ca_dir=ca_dir)
+    self.assertEqual(files.identity(), ('edge-pod', 'edge-3'))
+    # Not approved: no certificate.
+    del request['status']
+    refused = subprocess.run(
+        [sys.executable, os.path.join(K8S, 'csr_object.py'), 'status',
+         f'--cert={tmp}/edge-3.crt'], input=json.dumps(request),
+        capture_output=True, text=True)
+    self.assertEqual(refused.returncode, 2)
+    self.assertIn('kubectl certificate approve', refused.stderr)
 
 if __name__ == '__main__':
   absltest.main()

@@ -40,7 +40,8 @@ _RESUMABLE_CHANGES = frozenset(
     {'resume', 'progress', 'rounds', 'eval_every', 'eval_batch_size',
      'keep_checkpoints', 'output_dir', 'metrics_port',
      # Where rounds run does not change their result.
-     'executor', 'topology', 'tls_dir', 'round_timeout', 'round_retries'})
+     'executor', 'topology', 'tls_dir', 'insecure', 'round_timeout',
+     'round_retries'})
 
 
 @dataclasses.dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
@@ -239,8 +240,8 @@ class RemoteSetup:
     if topology.eval_data:
       eval_manifest = shards.load_manifest(topology.eval_data)
       shards.verify_shards(eval_manifest)
-    tls_dir = config.tls_dir or topology.tls_dir
-    tls = tls_lib.TlsFiles.from_dir(tls_dir, 'coordinator') if tls_dir else None
+    tls = tls_lib.resolve(config.tls_dir or topology.tls_dir, 'coordinator',
+                          config.insecure, 'the coordinator')
     self.cluster = coordinator.Cluster(topology, tls)
     try:
       self.view = self.cluster.describe()
@@ -306,13 +307,23 @@ class RemoteSetup:
       # Masks are read relative to each pod executor's working directory.
       form = secure_form.SecureForm(process.next,
                                     len(self.view.manifest.clients), '.')
-      return secure_round.RemoteSecureRound(
+      runner = secure_round.RemoteSecureRound(
           self.cluster, self.view, form, self.merger,
           round_timeout=self.config.round_timeout,
           retries=self.config.round_retries)
-    distributed_next = self._distributed(process.next)
-    return lambda state, keys, client_ids, round_num: distributed_next(
-        (state, keys), client_ids)
+    else:
+      distributed_next = self._distributed(process.next)
+      runner = lambda state, keys, client_ids, round_num: distributed_next(
+          (state, keys), client_ids)
+    if not self.config.insecure:
+      return runner
+
+    def insecure_runner(state, keys, client_ids, round_num):
+      print(f'warning: round {round_num}: plaintext channels to the edge '
+            'servers (--insecure)', file=sys.stderr, flush=True)
+      return runner(state, keys, client_ids, round_num)
+
+    return insecure_runner
 
   def close(self) -> None:
     self.cluster.close()

@@ -1,16 +1,30 @@
-"""Makes the cluster's TLS certificates: one CA, one certificate per node.
+"""The cluster's TLS certificates: a CA, node certificates with roles, CRLs.
 
+    # Everything at once (local clusters, tests): CA + one cert per node.
     python -m workers.certs --out_dir=certs \
         --nodes=coordinator,edge-server-0,edge-0,edge-1 \
         --san=edge-0=10.0.0.5,edge-0.edge.default.svc
 
-Writes ca.crt, ca.key and <node>.crt, <node>.key (keys 0600) in --out_dir:
-the layout workers.tls.TlsFiles.from_dir reads. Every node certificate names
-the node, localhost and 127.0.0.1 (plus its --san names and addresses) and is
-good for both TLS server and client auth: an edge server accepts the
-coordinator's calls and calls its pods with the same certificate. Keys are EC
-P-256. ca.key is only needed to issue more nodes (--reuse_ca, e.g. for a pod
-added later): keep it off the nodes.
+    # Keys born where they are used (a site): the node makes its key and a
+    # CSR; the CA's holder signs; the key never leaves the node.
+    python -m workers.certs csr  --dir=/data/identity --name=edge-0 --role=edge-pod
+    python -m workers.certs sign --ca_dir=ca --csr=edge-0.csr --name=edge-0 \
+        --role=edge-pod --out=edge-0.crt
+    python -m workers.certs revoke --ca_dir=ca --cert=edge-0.crt   # -> ca.crl
+    python -m workers.certs crl --ca_dir=ca      # re-sign ca.crl before it expires
+
+Every node certificate carries its role twice, written only by the signer
+(never copied from a CSR): as the URI SAN spiffe://tff-edge/<role>/<name>
+(read by the edge servers' gRPC authorization, workers.tls.PeerPolicy) and
+as the subject's OU (read by nginx on the pods, which has no SAN variable).
+Roles: coordinator (calls edge servers), edge-server (serves the
+coordinator, calls pods), edge-pod (serves edge servers). Without an explicit
+ROLE:NAME in --nodes the role follows the name: `coordinator`, names
+starting with `edge-server`, and the rest are edge pods.
+
+Certificates name the node, localhost and 127.0.0.1 (plus --san names) and
+are good for TLS server and client auth. Keys are EC P-256, files 0600.
+ca.key is needed only to sign and revoke: keep it off the nodes.
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.oid import NameOID
 
@@ -36,6 +51,9 @@ from data_prep.errors import UserError
 from workers import tls
 
 CA_KEY_FILE = 'ca.key'
+CRL_FILE = tls.CRL_FILE
+ROLES = tls.ROLES
+DEFAULT_CRL_DAYS = 30
 DEFAULT_CA_DAYS = 3650
 DEFAULT_NODE_DAYS = 365
 # Every node is reachable under these on its own machine (health probes,
@@ -69,6 +87,29 @@ _DAYS = flags.DEFINE_integer('days', DEFAULT_NODE_DAYS,
                              'Validity of node certificates, in days.')
 _CA_DAYS = flags.DEFINE_integer('ca_days', DEFAULT_CA_DAYS,
                                 'Validity of a new CA certificate, in days.')
+FLAGS = flags.FLAGS
+
+
+def define_command_flags() -> None:
+  """Flags of csr, sign, revoke and crl: defined only when run as a program
+  (other modules define --name or --ca_dir too, in one test process)."""
+  flags.DEFINE_string('name', None, 'csr, sign: the node name.')
+  flags.DEFINE_enum('role', None, list(tls.ROLES),
+                    'csr, sign: the node role (sign writes it).')
+  flags.DEFINE_string(
+      'dir', None, 'csr: the node\'s own directory for <name>.key (made here '
+      'if missing, 0600) and <name>.csr.')
+  flags.DEFINE_string(
+      'ca_dir', None, 'sign, revoke, crl: directory with ca.crt and ca.key.')
+  flags.DEFINE_string('csr', None, 'sign: the PEM CSR file.')
+  flags.DEFINE_string('out', None, 'sign: where to write the certificate '
+                      '(default: the CSR path with .crt).')
+  flags.DEFINE_multi_string('cert', [], 'revoke: certificate file(s) to '
+                            'revoke.')
+  flags.DEFINE_integer(
+      'crl_days', DEFAULT_CRL_DAYS, 'revoke, crl: days until the CRL must be '
+      're-signed (`crl`); nginx and the edge servers refuse everyone once it '
+      'has expired.')
 
 
 class CertError(UserError):
@@ -88,6 +129,33 @@ class Issued:
     return self.key.private_bytes(serialization.Encoding.PEM,
                                   serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption())
+
+
+def role_for(name: str) -> str:
+  """The role a node of this name has unless given (see module doc)."""
+  if name == 'coordinator' or name.startswith('coordinator-'):
+    return 'coordinator'
+  if name.startswith('edge-server'):
+    return 'edge-server'
+  return 'edge-pod'
+
+
+def parse_node(value: str) -> tuple[str, str]:
+  """'NAME' or 'ROLE:NAME' -> (name, role)."""
+  role, sep, name = value.strip().rpartition(':')
+  name = check_node_name(name)
+  if not sep:
+    return name, role_for(name)
+  if role not in tls.ROLES:
+    raise CertError(f'role {role!r} of {value!r} is not one of '
+                    f'{", ".join(tls.ROLES)}')
+  return name, role
+
+
+def check_role(role: str) -> str:
+  if role not in tls.ROLES:
+    raise CertError(f'role {role!r} is not one of {", ".join(tls.ROLES)}')
+  return role
 
 
 def check_node_name(name: str) -> str:
@@ -143,11 +211,14 @@ def _now() -> datetime.datetime:
   return datetime.datetime.now(datetime.timezone.utc)
 
 
-def _name(common_name: str) -> x509.Name:
-  return x509.Name([
-      x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
-      x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-  ])
+def _name(common_name: str, role: Optional[str] = None) -> x509.Name:
+  attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION)]
+  if role is not None:
+    # nginx matches the whole RFC 2253 subject "CN=..,OU=<role>,O=tff-edge".
+    attributes.append(
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role))
+  attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+  return x509.Name(attributes)
 
 
 def make_ca(common_name: str = 'tff-edge cluster CA',
@@ -183,7 +254,9 @@ def make_ca(common_name: str = 'tff-edge cluster CA',
 
 def issue_node_cert(ca: Issued, node: str, extra_sans: Sequence[str] = (),
                     days: int = DEFAULT_NODE_DAYS,
-                    now: Optional[datetime.datetime] = None) -> Issued:
+                    now: Optional[datetime.datetime] = None,
+                    role: Optional[str] = None,
+                    public_key=None) -> Issued:
   """A certificate for `node`, for TLS server and client auth, signed by `ca`.
 
   Args:
@@ -192,29 +265,37 @@ def issue_node_cert(ca: Issued, node: str, extra_sans: Sequence[str] = (),
     extra_sans: More DNS names or IP addresses besides LOCAL_SANS.
     days: Validity; capped at the CA's own end of validity.
     now: Start of validity (tests).
+    role: One of ROLES (default: role_for(node)).
+    public_key: Certify this key (from a CSR); default: make a new key pair,
+      returned in the result.
 
   Returns:
-    The node's certificate and new key.
+    The node's certificate, and its new key (None with `public_key`).
   """
   check_node_name(node)
+  role = check_role(role or role_for(node))
   if days < 1:
     raise CertError(f'certificate validity of {days} days: use at least 1')
   now = now or _now()
-  sans: list[x509.GeneralName] = []
+  sans: list[x509.GeneralName] = [
+      x509.UniformResourceIdentifier(tls.spiffe_id(role, node))]
   for value in (node, *LOCAL_SANS, *extra_sans):
     san = parse_san(value)
     if san not in sans:
       sans.append(san)
-  key = ec.generate_private_key(ec.SECP256R1())
+  key = None
+  if public_key is None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    public_key = key.public_key()
   not_after = min(now + datetime.timedelta(days=days),
                   ca.cert.not_valid_after_utc)
   ca_ski = ca.cert.extensions.get_extension_for_class(
       x509.SubjectKeyIdentifier).value
   cert = (
       x509.CertificateBuilder()
-      .subject_name(_name(node))
+      .subject_name(_name(node, role))
       .issuer_name(ca.cert.subject)
-      .public_key(key.public_key())
+      .public_key(public_key)
       .serial_number(x509.random_serial_number())
       .not_valid_before(now - _CLOCK_SKEW)
       .not_valid_after(not_after)
@@ -230,13 +311,121 @@ def issue_node_cert(ca: Issued, node: str, extra_sans: Sequence[str] = (),
                                             ExtendedKeyUsageOID.CLIENT_AUTH]),
                      critical=False)
       .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-      .add_extension(x509.SubjectKeyIdentifier.from_public_key(
-          key.public_key()), critical=False)
+      .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key),
+                     critical=False)
       .add_extension(
           x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
               ca_ski), critical=False)
       .sign(ca.key, hashes.SHA256()))
   return Issued(cert, key)
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+  return ec.generate_private_key(ec.SECP256R1())
+
+
+def make_csr(key, node: str, role: str) -> x509.CertificateSigningRequest:
+  """A CSR for `node` in `role` (the signer checks both, and writes them)."""
+  check_node_name(node)
+  check_role(role)
+  return (x509.CertificateSigningRequestBuilder()
+          .subject_name(_name(node, role))
+          .add_extension(x509.SubjectAlternativeName(
+              [x509.UniformResourceIdentifier(tls.spiffe_id(role, node))]),
+                         critical=False)
+          .sign(key, hashes.SHA256()))
+
+
+def _check_public_key(public_key, what: str) -> None:
+  if isinstance(public_key, ec.EllipticCurvePublicKey):
+    if public_key.curve.name not in ('secp256r1', 'secp384r1'):
+      raise CertError(f'{what}: EC curve {public_key.curve.name} is not '
+                      'P-256 or P-384')
+    return
+  if isinstance(public_key, rsa.RSAPublicKey):
+    if public_key.key_size < 2048:
+      raise CertError(f'{what}: RSA key of {public_key.key_size} bits; use '
+                      'at least 2048')
+    return
+  raise CertError(f'{what}: unsupported key type {type(public_key).__name__}')
+
+
+def sign_csr(ca: Issued, csr_pem: bytes, node: str, role: str,
+             extra_sans: Sequence[str] = (), days: int = DEFAULT_NODE_DAYS,
+             now: Optional[datetime.datetime] = None) -> x509.Certificate:
+  """Signs a node's CSR: its key, with the name and role the signer gives.
+
+  The CSR must be self-signed by the key it carries, and what it claims
+  (CN, role) must equal `node` and `role`: an operator approving "edge-3 as
+  edge-pod" cannot be tricked into signing another name or a higher role.
+  Nothing else of the CSR is copied into the certificate.
+
+  Raises:
+    CertError: Unreadable, badly signed or mismatching CSR, weak key.
+  """
+  check_node_name(node)
+  check_role(role)
+  try:
+    csr = x509.load_pem_x509_csr(csr_pem)
+  except ValueError as e:
+    raise CertError(f'not a PEM certificate signing request: {e}') from None
+  if not csr.is_signature_valid:
+    raise CertError('the CSR is not signed by the key it carries')
+  _check_public_key(csr.public_key(), 'the CSR')
+  names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+  claimed = names[0].value if names else None
+  if claimed != node:
+    raise CertError(f'the CSR is for {claimed!r}, not {node!r}; sign it under '
+                    'the name it asks for, or ask the node for a new CSR')
+  units = csr.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+  claimed_role = units[0].value if units else None
+  if claimed_role != role:
+    raise CertError(f'the CSR of {node} asks for role {claimed_role!r}, not '
+                    f'{role!r}; check which node this is')
+  return issue_node_cert(ca, node, extra_sans, days, now, role,
+                         public_key=csr.public_key()).cert
+
+
+def make_crl(ca: Issued, serials: Sequence[int], days: int = DEFAULT_CRL_DAYS,
+             now: Optional[datetime.datetime] = None) -> x509.CertificateRevocationList:
+  """A CRL of `serials`, valid for `days` (then re-sign it: `crl`)."""
+  if days < 1:
+    raise CertError(f'CRL validity of {days} days: use at least 1')
+  now = now or _now()
+  builder = (x509.CertificateRevocationListBuilder()
+             .issuer_name(ca.cert.subject)
+             .last_update(now - _CLOCK_SKEW)
+             .next_update(now + datetime.timedelta(days=days)))
+  for serial in sorted(set(serials)):
+    builder = builder.add_revoked_certificate(
+        x509.RevokedCertificateBuilder().serial_number(serial)
+        .revocation_date(now - _CLOCK_SKEW).build())
+  return builder.sign(ca.key, hashes.SHA256())
+
+
+def revoked_serials(ca_dir: str) -> list[int]:
+  """Serials in ca_dir's ca.crl (empty if there is none)."""
+  path = os.path.join(ca_dir, CRL_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path, 'rb') as f:
+    crl = x509.load_pem_x509_crl(f.read())
+  return [entry.serial_number for entry in crl]
+
+
+def write_crl(ca_dir: str, add: Sequence[x509.Certificate] = (),
+              days: int = DEFAULT_CRL_DAYS) -> str:
+  """(Re-)signs ca_dir/ca.crl with its serials plus those of `add`."""
+  ca = load_ca(ca_dir)
+  for cert in add:
+    if cert.issuer != ca.cert.subject:
+      raise CertError(f'{cert.subject.rfc4514_string()} was not issued by '
+                      f'the CA in {ca_dir}')
+  serials = revoked_serials(ca_dir) + [cert.serial_number for cert in add]
+  path = os.path.join(ca_dir, CRL_FILE)
+  _write(path, make_crl(ca, serials, days).public_bytes(
+      serialization.Encoding.PEM), 0o644)
+  return path
 
 
 def load_ca(directory: str) -> Issued:
@@ -307,8 +496,8 @@ def write_bundle(out_dir: str, nodes: Sequence[str],
   if not nodes:
     raise CertError('no nodes: name at least one, e.g. '
                     '--nodes=coordinator,edge-server-0,edge-0')
-  for node in nodes:
-    check_node_name(node)
+  roles = dict(parse_node(node) for node in nodes)
+  nodes = [parse_node(node)[0] for node in nodes]
   duplicates = sorted({n for n in nodes if list(nodes).count(n) > 1})
   if duplicates:
     raise CertError(f'node {duplicates[0]!r} is listed twice in --nodes')
@@ -337,7 +526,8 @@ def write_bundle(out_dir: str, nodes: Sequence[str],
           'replace its CA and certificates, --reuse_ca to add nodes signed by '
           'its CA, or choose an empty directory')
     ca = make_ca(days=ca_days)
-  issued = {node: issue_node_cert(ca, node, extra_sans.get(node, ()), days)
+  issued = {node: issue_node_cert(ca, node, extra_sans.get(node, ()), days,
+                                 role=roles[node])
             for node in nodes}
   os.makedirs(out_dir, exist_ok=True)
   written = []
@@ -356,13 +546,53 @@ def write_bundle(out_dir: str, nodes: Sequence[str],
 
 def _sans_of(cert: x509.Certificate) -> list[str]:
   return [str(name.value) for name in cert.extensions.get_extension_for_class(
-      x509.SubjectAlternativeName).value]
+      x509.SubjectAlternativeName).value
+          if not isinstance(name, x509.UniformResourceIdentifier)]
 
 
-def main(argv: list[str]) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+def _read(path: str, what: str) -> bytes:
   try:
+    with open(path, 'rb') as f:
+      return f.read()
+  except OSError as e:
+    raise CertError(f'cannot read the {what} {path}: {e.strerror}') from None
+
+
+def make_node_csr(directory: str, node: str, role: str) -> tuple[str, str]:
+  """Makes <node>.key in `directory` if missing (0600), and <node>.csr.
+
+  Returns:
+    (key path, CSR path). An existing key is kept: a restarted node asks
+    again for the same key, and its certificate stays valid.
+  """
+  check_node_name(node)
+  check_role(role)
+  os.makedirs(directory, mode=0o700, exist_ok=True)
+  key_path = os.path.join(directory, f'{node}.key')
+  if os.path.exists(key_path):
+    try:
+      key = serialization.load_pem_private_key(_read(key_path, 'key'), None)
+    except (ValueError, TypeError) as e:
+      raise CertError(f'{key_path} is not an unencrypted PEM key ({e}); move '
+                      'it away to make a new one') from None
+  else:
+    key = new_key()
+    _write(key_path, Issued(None, key).key_pem(), 0o600)
+  csr_path = os.path.join(directory, f'{node}.csr')
+  _write(csr_path, make_csr(key, node, role).public_bytes(
+      serialization.Encoding.PEM), 0o644)
+  return key_path, csr_path
+
+
+def _require(value, flag: str, command: str):
+  if not value:
+    raise CertError(f'{command} needs --{flag}')
+  return value
+
+
+def _run(command: Optional[str]) -> list[str]:
+  """Runs one CLI command; returns the paths it wrote."""
+  if command is None:
     if not _OUT_DIR.value:
       raise CertError('--out_dir is required: the directory for ca.crt and '
                       'the node certificates')
@@ -370,16 +600,52 @@ def main(argv: list[str]) -> int:
       raise CertError('--nodes is required, e.g. '
                       '--nodes=coordinator,edge-server-0,edge-0')
     nodes = [node.strip() for node in _NODES.value]
-    sans = parse_san_flags(_SAN.value, nodes)
-    written = write_bundle(_OUT_DIR.value, nodes, sans,
-                           overwrite=_OVERWRITE.value,
-                           reuse_ca=_REUSE_CA.value, days=_DAYS.value,
-                           ca_days=_CA_DAYS.value)
+    sans = parse_san_flags(_SAN.value, [parse_node(n)[0] for n in nodes])
+    return write_bundle(_OUT_DIR.value, nodes, sans,
+                        overwrite=_OVERWRITE.value, reuse_ca=_REUSE_CA.value,
+                        days=_DAYS.value, ca_days=_CA_DAYS.value)
+  if command == 'csr':
+    return list(make_node_csr(_require(FLAGS.dir, 'dir', 'csr'),
+                              _require(FLAGS.name, 'name', 'csr'),
+                              _require(FLAGS.role, 'role', 'csr')))
+  if command == 'sign':
+    node = _require(FLAGS.name, 'name', 'sign')
+    csr_path = _require(FLAGS.csr, 'csr', 'sign')
+    ca = load_ca(_require(FLAGS.ca_dir, 'ca_dir', 'sign'))
+    sans = parse_san_flags(_SAN.value, [node]).get(node, [])
+    cert = sign_csr(ca, _read(csr_path, 'CSR'), node,
+                    _require(FLAGS.role, 'role', 'sign'), sans, _DAYS.value)
+    out = FLAGS.out or os.path.splitext(csr_path)[0] + '.crt'
+    _write(out, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return [out]
+  if command == 'revoke':
+    paths = _require(FLAGS.cert, 'cert', 'revoke')
+    revoked = []
+    for path in paths:
+      try:
+        revoked.append(x509.load_pem_x509_certificate(_read(path,
+                                                            'certificate')))
+      except ValueError:
+        raise CertError(f'{path} is not a PEM certificate') from None
+    return [write_crl(_require(FLAGS.ca_dir, 'ca_dir', 'revoke'), revoked,
+                      FLAGS.crl_days)]
+  if command == 'crl':
+    return [write_crl(_require(FLAGS.ca_dir, 'ca_dir', 'crl'), (),
+                      FLAGS.crl_days)]
+  raise CertError(f'unknown command {command!r}: use csr, sign, revoke, crl '
+                  'or none (a whole bundle with --out_dir and --nodes)')
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 2:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[2:])}')
+  try:
+    written = _run(argv[1] if len(argv) == 2 else None)
   except CertError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   except OSError as e:
-    print(f'error: cannot write to --out_dir={_OUT_DIR.value}: {e}',
+    print(f'error: cannot write {e.filename or ""}: {e.strerror}',
           file=sys.stderr)
     return 2
   for path in written:
@@ -389,8 +655,11 @@ def main(argv: list[str]) -> int:
       names = '' if cert.issuer == cert.subject else (
           ' for ' + ', '.join(_sans_of(cert)))
       print(f'{path}{names} (until {cert.not_valid_after_utc:%Y-%m-%d})')
+    else:
+      print(path)
   return 0
 
 
 if __name__ == '__main__':
+  define_command_flags()
   app.run(main)

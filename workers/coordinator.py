@@ -33,14 +33,12 @@ from tensorflow_federated.python.core.impl.types import type_conversions
 from data_prep import shards
 from data_prep.errors import UserError
 from workers import executor_client
+from workers import limits
 from workers import tls as tls_lib
 from workers import topology as topology_lib
 from workers import wire
 
 _SERVICE = '/tff_edge.EdgeServer/'
-# Edge-server errors worth retrying without it; others are bugs to surface.
-_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-              grpc.StatusCode.CANCELLED)
 # Slack on top of --round_timeout for the edge server's merge and reply.
 _REPLY_SLACK_SECONDS = 30.0
 
@@ -92,6 +90,8 @@ class EdgeServerClient:
            timeout: Optional[float] = None
            ) -> tuple[dict[str, Any], dict[str, bytes], int, int]:
     request = wire.pack(header, blobs)
+    limits.check_message_size(len(request), f'{method} to edge server '
+                              f'{self.spec.name}')
     rpc = self._channel.unary_unary(_SERVICE + method)
     reply = rpc(request, timeout=timeout)
     header, reply_blobs = wire.unpack(reply)
@@ -377,17 +377,15 @@ class DistributedRound:
         continue
       try:
         reply, blobs, sent, received = calls[server.spec.name].result()
-      except grpc.RpcError as e:
-        if e.code() not in _TRANSIENT:
-          raise ClusterError(f'edge server {server.spec.name} failed the '
-                             f'round: {e.code().name}: {e.details()}') from None
-        kind = ('timeout' if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                else 'unavailable')
+        limits.check_reply(reply, blobs)
+      except (grpc.RpcError, wire.WireError, limits.BadReply) as e:
+        # Whatever one edge server does is its failure, never the run's.
+        kind, detail = limits.failure_of(e)
         logging.warning('edge server %s failed (%s): %s', server.spec.name,
-                        kind, e.details())
+                        kind, detail)
         report.failures.append({
             'edge_server': server.spec.name, 'kind': kind,
-            'error': e.details(),
+            'error': detail,
             'clients': [client_ids[j] for p in server.spec.pods
                         for j in positions.get(p.name, [])]})
         skip_pods.update(p.name for p in server.spec.pods

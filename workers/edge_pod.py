@@ -22,13 +22,16 @@ SIGTERM stops the executor and exits 0. The executor dies with this process
 dies, it is restarted on the same port.
 
 With --tls_dir (mutual TLS): --port is an nginx TLS terminator that requires
-a client certificate from the cluster CA and forwards gRPC to the executor
-and /control/ (manifest, SecAgg masks) to a loopback-only HTTP server; the
-plain --health_port then serves only /healthz and /readyz (kubelet probes).
-The executor's plaintext port must not be reachable from outside: with
---executor_netns it runs in a network namespace that only this pod can
-route to (workers.local_cluster); on Kubernetes the pod's NetworkPolicy
-admits only the TLS port.
+a client certificate from the cluster CA with the edge-server role
+(workers.certs) and forwards gRPC to the executor and /control/ (manifest,
+SecAgg masks) to a loopback-only HTTP server; the plain --health_port then
+serves only /healthz and /readyz, on loopback (probes run inside the pod:
+`python -m workers.health --probe=127.0.0.1:8001/readyz`). The executor
+listens on loopback only (workers.worker_process: bind shim plus a check of
+its sockets), so only this pod reaches it. Without --tls_dir the pod refuses
+to start unless --insecure is given: then the manifest and control calls
+are plaintext HTTP on --health_port and the executor takes --port on
+loopback (callers on this host only: local_cluster --tls=false).
 """
 
 from __future__ import annotations
@@ -77,14 +80,19 @@ _VERIFY = flags.DEFINE_bool('verify_shards', True,
 _TLS_DIR = flags.DEFINE_string(
     'tls_dir', '', 'Folder with ca.crt and <name>.crt/.key: serve only '
     'mutual TLS on --port (nginx in front of the executor).')
+_CA_DIR = flags.DEFINE_string(
+    'ca_dir', '', 'With --tls_dir: where ca.crt (and ca.crl) are, if not in '
+    '--tls_dir (e.g. a ConfigMap; changes are picked up).')
 _EXECUTOR_PORT = flags.DEFINE_integer(
     'executor_port', 0, 'With --tls_dir: the plaintext executor port behind '
-    'the terminator (0: any free port).')
-_EXECUTOR_NETNS = flags.DEFINE_string(
-    'executor_netns', '', 'With --tls_dir: run the executor in this network '
-    'namespace (reachable only from this pod at --executor_host).')
-_EXECUTOR_HOST = flags.DEFINE_string(
-    'executor_host', '127.0.0.1', 'Where the terminator reaches the executor.')
+    'the terminator, on loopback (0: any free port).')
+_INSECURE = flags.DEFINE_bool(
+    'insecure', False, 'Serve without TLS (no --tls_dir): plaintext manifest '
+    'and control calls on --health_port, the executor on loopback --port. '
+    'Without it a pod with no --tls_dir refuses to start.')
+_HEALTH_HOST = flags.DEFINE_string(
+    'health_host', None, 'Address of --health_port (default: 127.0.0.1 with '
+    '--tls_dir, all interfaces with --insecure).')
 _RUN_DIR = flags.DEFINE_string(
     'run_dir', '', "The terminator's config, pid and temp files (default: a "
     'new temp dir).')
@@ -102,8 +110,14 @@ class EdgePod:
                threads: int = 1, max_calls: int = -1, verify: bool = True,
                secagg_key_file: str = '',
                tls: Optional[tls_lib.TlsFiles] = None,
-               executor_port: int = 0, executor_netns: str = '',
-               executor_host: str = '127.0.0.1', run_dir: str = ''):
+               executor_port: int = 0, run_dir: str = '',
+               insecure: bool = False, health_host: Optional[str] = None):
+    if tls is None and not insecure:
+      raise UserError(f'edge pod {name}: no TLS files; give --tls_dir, or '
+                      '--insecure to serve plaintext on a trusted network')
+    if tls is not None and insecure:
+      raise UserError(f'edge pod {name}: --insecure and --tls_dir contradict '
+                      'each other; drop one')
     self.name = name
     self.manifest = manifest_lib.load_manifest(data_dir)
     if verify:
@@ -117,13 +131,13 @@ class EdgePod:
     with open(os.path.join(self.manifest.shard_dir, manifest_lib.MANIFEST_FILE),
               encoding='utf-8') as f:
       self._manifest_raw = json.load(f)
+    # Never beyond loopback: without TLS (--insecure) it takes --port, for
+    # callers on this host only (e.g. local_cluster --tls=false).
     self._worker = worker_process.WorkerProcess(
         port=(executor_port or None) if tls else port,
-        host=executor_host if tls else '127.0.0.1',
         cwd=self.manifest.shard_dir,
         max_concurrent_computation_calls=max_calls, intra_op_threads=threads,
-        inter_op_threads=threads, log_path=worker_process.INHERIT_OUTPUT,
-        netns=executor_netns or None)
+        inter_op_threads=threads, log_path=worker_process.INHERIT_OUTPUT)
     self.metrics = metrics_lib.PodMetrics(name, self._worker.alive,
                                           len(self.manifest.clients))
     probes = {'/healthz': self._healthz, '/readyz': self._readyz}
@@ -137,18 +151,25 @@ class EdgePod:
       self._health = health.HealthServer(
           health_port, {**probes, **control_get,
                         '/manifest': control_get['/control/manifest']},
+          host='' if health_host is None else health_host,
           post_routes=control_post)
     else:
-      # Control calls only through the terminator (client cert checked).
+      # Control calls only through the terminator (client cert and role
+      # checked); probes on loopback (run inside the pod).
       self._control = health.HealthServer(0, control_get, host='127.0.0.1',
                                           post_routes=control_post)
-      self._health = health.HealthServer(health_port, probes)
+      self._health = health.HealthServer(
+          health_port, probes,
+          host='127.0.0.1' if health_host is None else health_host)
       self._terminator = tls_terminator.NginxTerminator(
           port, tls, grpc_upstream=self._worker.target,
           http_upstream=f'127.0.0.1:{self._control.port}',
           run_dir=run_dir or tempfile.mkdtemp(prefix=f'{name}-tls-'))
     self._stopping = threading.Event()
     self.restarts = 0
+    self._tls = tls
+    self._tls_stamp = tls.fingerprint() if tls else None
+    self._tls_failed_stamp = None
 
   def _healthz(self):
     # Live while this loop runs; a dead executor is restarted, not fatal.
@@ -223,6 +244,25 @@ class EdgePod:
         except tls_terminator.TerminatorError as e:
           logging.error('%s: %s', self.name, e)
           time.sleep(2)
+      if self._terminator is not None:
+        self._follow_rotation()
+
+  def _follow_rotation(self) -> None:
+    """Reloads the terminator when certificate, key, CA or CRL change."""
+    stamp = self._tls.fingerprint()
+    if stamp == self._tls_stamp:
+      return
+    try:
+      self._terminator.reload()
+    except (tls_lib.TlsError, tls_terminator.TerminatorError) as e:
+      # E.g. the key is written and the certificate not yet: next poll.
+      if stamp != self._tls_failed_stamp:
+        logging.warning('%s: TLS files changed but not reloaded: %s',
+                        self.name, e)
+        self._tls_failed_stamp = stamp
+      return
+    self._tls_stamp = stamp
+    logging.info('%s: TLS files changed; terminator reloaded', self.name)
 
   def stop(self) -> None:
     self._stopping.set()
@@ -245,10 +285,11 @@ def main(argv: list[str]) -> int:
     pod = EdgePod(_NAME.value, _DATA_DIR.value, _PORT.value,
                   _HEALTH_PORT.value, _THREADS.value, _MAX_CALLS.value,
                   _VERIFY.value, _SECAGG_KEY_FILE.value,
-                  tls_lib.TlsFiles.from_dir(_TLS_DIR.value, _NAME.value)
+                  tls_lib.TlsFiles.from_dir(_TLS_DIR.value, _NAME.value,
+                                            ca_dir=_CA_DIR.value or None)
                   if _TLS_DIR.value else None,
-                  _EXECUTOR_PORT.value, _EXECUTOR_NETNS.value,
-                  _EXECUTOR_HOST.value, _RUN_DIR.value)
+                  _EXECUTOR_PORT.value, _RUN_DIR.value, _INSECURE.value,
+                  _HEALTH_HOST.value)
     pod.start()
     if _METRICS_PORT.value:
       metrics_lib.serve(_METRICS_PORT.value, pod.metrics.registry)

@@ -38,13 +38,15 @@ def _run_to_exit(data_dir: str) -> subprocess.CompletedProcess:
   return subprocess.run(
       [sys.executable, '-m', 'workers.edge_pod', f'--data_dir={data_dir}',
        f'--port={portpicker.pick_unused_port()}',
-       f'--health_port={portpicker.pick_unused_port()}'],
+       f'--health_port={portpicker.pick_unused_port()}', '--insecure'],
       cwd=_REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
 class EdgePodTest(absltest.TestCase):
 
   def _start(self, data_dir: str, *extra: str):
+    if not any(arg.startswith('--tls_dir') for arg in extra):
+      extra = (*extra, '--insecure')
     port, health_port = (portpicker.pick_unused_port(),
                          portpicker.pick_unused_port())
     self.port = port
@@ -149,6 +151,16 @@ class EdgePodTest(absltest.TestCase):
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=30)
     self.assertEqual(process.returncode, 0, output)
+
+  def test_without_tls_dir_or_insecure_it_refuses_to_start(self):
+    env = dict(os.environ, PYTHONPATH=_REPO, TF_CPP_MIN_LOG_LEVEL='3')
+    result = subprocess.run(
+        [sys.executable, '-m', 'workers.edge_pod', f'--data_dir={_shard_dir()}',
+         f'--port={portpicker.pick_unused_port()}',
+         f'--health_port={portpicker.pick_unused_port()}'],
+        cwd=_REPO, env=env, capture_output=True, text=True, timeout=120)
+    self.assertEqual(result.returncode, 2, result.stderr)
+    self.assertIn('give --tls_dir, or --insecure', result.stderr)
 
   def test_killed_pod_leaves_no_orphan_executor(self):
     process, _ = self._start(_shard_dir())

@@ -16,8 +16,19 @@ gRPC service `tff_edge.EdgeServer` (messages: workers.wire):
   Run       -> one merged partial plus failures and byte counts; for a
                secure round (header `secagg`), each pod first writes its
                clients' masks (POST /control/secagg/masks on the pod)
-HTTP on --health_port: /healthz, /readyz. Prometheus /metrics on
---metrics_port (workers.metrics: calls, seconds and errors per kind).
+Prometheus /metrics on --metrics_port (workers.metrics: calls, seconds and
+errors per kind).
+HTTP on --health_port (loopback with TLS): /healthz (503 while the merge
+executor is down: it is restarted), /readyz.
+
+Only the coordinator may call (its certificate's role, workers.tls
+PeerPolicy, and not revoked in the CA's ca.crl); other callers get
+PERMISSION_DENIED. Without a TLS directory the server refuses to start
+unless --insecure is given. Any failure of one pod (an error, a timeout, a
+reply that makes no sense) is recorded in the reply as that pod's failure;
+a failed merge is retried once on a restarted merge executor, then the call
+fails with UNAVAILABLE, which the coordinator records as this edge server's
+failure.
 """
 
 from __future__ import annotations
@@ -51,6 +62,8 @@ from workers import wire
 from workers import worker_process
 
 SERVICE = 'tff_edge.EdgeServer'
+# How long a merge waits for the main loop to restart a dead merge executor.
+_MERGER_RESTART_SECONDS = 60.0
 _MAX_CACHED_FUNCTIONS = 16
 
 _TOPOLOGY = flags.DEFINE_string('topology', None, 'Topology YAML file.')
@@ -66,6 +79,15 @@ _CPU_SLOTS = flags.DEFINE_integer(
     'cpu_slots', 0,
     'Only when pods share this machine\'s cores (workers.local_cluster): at '
     'most this many pods of all edge servers compute at once (0: no limit).')
+_CA_DIR = flags.DEFINE_string(
+    'ca_dir', None, 'Where ca.crt (and ca.crl) are, if not in the TLS '
+    'directory (e.g. a ConfigMap; changes are picked up).')
+_INSECURE = flags.DEFINE_bool(
+    'insecure', False, 'Serve and call pods without TLS (no --tls_dir and '
+    'none in the topology). Without it the server refuses to start then.')
+_HEALTH_HOST = flags.DEFINE_string(
+    'health_host', None, 'Address of --health_port (default: 127.0.0.1 with '
+    'TLS, all interfaces with --insecure).')
 _CPU_SLOTS_DIR = flags.DEFINE_string(
     'cpu_slots_dir', None, 'Lock-file directory shared by the edge servers '
     'of one machine, for --cpu_slots.')
@@ -105,10 +127,14 @@ class EdgeServer:
     self._merger = worker_process.WorkerProcess(intra_op_threads=1,
                                                 inter_op_threads=1)
     self._merge_client: Optional[executor_client.ExecutorClient] = None
+    self._merger_lock = threading.Lock()
+    self.merger_restarts = 0
     self._pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=len(spec.pods), thread_name_prefix='pod')
     self.metrics = metrics_lib.NodeMetrics('edge_server', spec.name,
                                            up=self._merger.alive)
+    self.policy = (tls_lib.PeerPolicy(tls, tls_lib.CALLERS['edge-server'])
+                   if tls else None)
 
   def start(self) -> 'EdgeServer':
     self._merger.start()
@@ -118,6 +144,57 @@ class EdgeServer:
   def stop(self) -> None:
     self._pool.shutdown(wait=False, cancel_futures=True)
     self._merger.stop()
+
+  def merger_alive(self) -> bool:
+    return self._merger.alive()
+
+  def supervise_merger(self) -> bool:
+    """Restarts the merge executor if it died; False if it stays down."""
+    with self._merger_lock:
+      if self._merger.alive():
+        return True
+      self.merger_restarts += 1
+      logging.warning('%s: merge executor exited (status %s); restarting '
+                      '(restart %d)', self.spec.name,
+                      self._merger._process.returncode if self._merger._process  # pylint: disable=protected-access
+                      else None, self.merger_restarts)
+      try:
+        self._merger.start()
+      except worker_process.WorkerStartError as e:
+        logging.error('%s: %s', self.spec.name, e)
+        return False
+      self._merge_client = executor_client.ExecutorClient(self._merger.target)
+      return True
+
+  def healthz(self) -> tuple[int, dict[str, Any]]:
+    alive = self._merger.alive()
+    return (200 if alive else 503), {
+        'edge_server': self.spec.name, 'merger_alive': alive,
+        'merger_restarts': self.merger_restarts}
+
+  def _merge(self, merge_key: str, merge: executor_pb2.Value,
+             partials: list[executor_pb2.Value], timeout: Optional[float]):
+    """merge_all on the merge executor; once more on a restarted one."""
+    for attempt in (1, 2):
+      try:
+        return executor_client.merge_all(self._merge_client, merge_key,
+                                         merge, partials, timeout)
+      except executor_client.ExecutorError as e:
+        if attempt == 2 or self._merger.alive():
+          raise _Abort(grpc.StatusCode.UNAVAILABLE,
+                       f'edge server {self.spec.name}: merge failed: {e}'
+                       ) from None
+        logging.warning('%s: merge executor died during a merge; merging '
+                        'again once it is restarted', self.spec.name)
+        # The main thread restarts it (supervise_merger): a worker started
+        # from this pool thread would die with the thread.
+        deadline = time.monotonic() + _MERGER_RESTART_SECONDS
+        while not self._merger.alive() and time.monotonic() < deadline:
+          time.sleep(0.2)
+        if not self._merger.ready(timeout=5.0):
+          raise _Abort(grpc.StatusCode.UNAVAILABLE,
+                       f'edge server {self.spec.name}: merge executor down: '
+                       f'{e}') from None
 
   # RPCs.
 
@@ -183,9 +260,11 @@ class EdgeServer:
       raise executor_client.ExecutorError(
           address, 'unavailable', f'SecAgg masks: {e}') from None
     if status != 200:
+      # A proxy or a broken pod may answer HTML or nothing: any body.
+      detail = body.get('error', body) if isinstance(body, dict) else body
       raise executor_client.ExecutorError(
           address, 'error', f'SecAgg masks: HTTP {status}: '
-          f'{(body or {}).get("error", body)}')
+          f'{str(detail)[:500]}')
 
   def run(self, header: dict[str, Any], blobs: dict[str, bytes]):
     """Runs up_to_merge on the named pods and merges their partials."""
@@ -239,6 +318,17 @@ class EdgeServer:
         failures.append({'pod': pod, 'edge_server': self.spec.name,
                          'kind': e.kind, 'error': e.detail})
         continue
+      except _Abort:
+        raise  # The coordinator's request is bad, not the pod.
+      except Exception as e:  # pylint: disable=broad-except
+        # Anything else one pod causes is that pod's failure, not the
+        # round's (before, it surfaced as UNKNOWN and stopped the run).
+        logging.exception('%s: pod %s failed unexpectedly', self.spec.name,
+                          pod)
+        failures.append({'pod': pod, 'edge_server': self.spec.name,
+                         'kind': 'error',
+                         'error': f'{type(e).__name__}: {e}'[:2000]})
+        continue
       partials.append(result)
       sent += arg_bytes
       received += result.ByteSize()
@@ -249,16 +339,20 @@ class EdgeServer:
     if not partials:
       return reply, {}
     start = time.monotonic()
-    merged = executor_client.merge_all(self._merge_client, merge_key, merge,
-                                       partials, timeout)
+    merged = self._merge(merge_key, merge, partials, timeout)
     reply['merge_seconds'] = time.monotonic() - start
     self.metrics.record('merge', reply['merge_seconds'])
     return reply, {'partial': merged.SerializeToString()}
 
 
-def _handler(method):
+def _handler(method, policy: Optional[tls_lib.PeerPolicy]):
 
   def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+    if policy is not None:
+      try:
+        policy.check_context(context)
+      except PermissionError as e:
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, str(e))
     try:
       header, blobs = wire.unpack(request)
       reply, reply_blobs = method(header, blobs)
@@ -268,9 +362,20 @@ def _handler(method):
     except _Abort as e:
       context.abort(e.code, str(e))
     except executor_client.ExecutorError as e:
-      context.abort(grpc.StatusCode.INTERNAL, f'merge failed: {e}')
+      context.abort(grpc.StatusCode.UNAVAILABLE, f'merge failed: {e}')
+    except Exception as e:  # pylint: disable=broad-except
+      # Never UNKNOWN: the coordinator records INTERNAL as this server's
+      # failure and goes on with the others.
+      logging.exception('%s failed', method.__name__)
+      context.abort(grpc.StatusCode.INTERNAL,
+                    f'{type(e).__name__}: {e}'[:2000])
 
   return grpc.unary_unary_rpc_method_handler(handle)
+
+
+# Concurrent calls beyond this are refused with RESOURCE_EXHAUSTED (the
+# coordinator makes one Run per edge server per round).
+_MAX_CONCURRENT_RPCS = 16
 
 
 def serve(server: EdgeServer, port: int,
@@ -278,13 +383,17 @@ def serve(server: EdgeServer, port: int,
   """Starts the gRPC service of `server` on `port` (mutual TLS with `tls`)."""
   grpc_server = grpc.server(
       concurrent.futures.ThreadPoolExecutor(max_workers=8),
-      options=worker_process.GRPC_CHANNEL_OPTIONS)
+      options=tls_lib.SERVER_OPTIONS,
+      maximum_concurrent_rpcs=_MAX_CONCURRENT_RPCS)
   grpc_server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
       SERVICE, {'Describe': _handler(server.metrics.wrap('describe',
-                                                         server.describe)),
+                                                         server.describe),
+                                     server.policy),
                 'Prepare': _handler(server.metrics.wrap('prepare',
-                                                        server.prepare)),
-                'Run': _handler(server.metrics.wrap('run', server.run))})])
+                                                        server.prepare),
+                                    server.policy),
+                'Run': _handler(server.metrics.wrap('run', server.run),
+                                server.policy)})])
   if tls is not None:
     grpc_server.add_secure_port(f'[::]:{port}',
                                 tls_lib.grpc_server_credentials(tls))
@@ -306,8 +415,9 @@ def main(argv: list[str]) -> int:
       raise UserError('--topology and --name are required')
     topology = topology_lib.load(_TOPOLOGY.value)
     spec = topology.edge_server(_NAME.value)
-    tls_dir = _TLS_DIR.value or topology.tls_dir
-    tls = tls_lib.TlsFiles.from_dir(tls_dir, spec.name) if tls_dir else None
+    tls = tls_lib.resolve(_TLS_DIR.value or topology.tls_dir, spec.name,
+                          _INSECURE.value, f'edge server {spec.name}',
+                          ca_dir=_CA_DIR.value)
     slots = None
     if _CPU_SLOTS.value:
       if not _CPU_SLOTS_DIR.value:
@@ -321,18 +431,22 @@ def main(argv: list[str]) -> int:
     return 2
   port = _PORT.value or _port_of(spec.address)
   grpc_server = serve(server, port, tls)
+  health_host = _HEALTH_HOST.value
+  if health_host is None:
+    health_host = '127.0.0.1' if tls else ''
   health_server = health.HealthServer(
       _HEALTH_PORT.value or _port_of(spec.health),
-      {'/healthz': lambda: (200, {'edge_server': spec.name}),
-       '/readyz': lambda: (200, {'edge_server': spec.name,
-                                 'pods': [p.name for p in spec.pods]})}).start()
+      {'/healthz': server.healthz,
+       '/readyz': lambda: (200 if server.merger_alive() else 503, {
+           'edge_server': spec.name, 'pods': [p.name for p in spec.pods]})},
+      host=health_host).start()
   logging.info('%s: serving on :%d for pods %s', spec.name, port,
                ', '.join(p.name for p in spec.pods))
   stop = threading.Event()
   signal.signal(signal.SIGTERM, lambda *_: stop.set())
   signal.signal(signal.SIGINT, lambda *_: stop.set())
   while not stop.wait(0.5):  # Timed: an untimed wait can miss the signal.
-    pass
+    server.supervise_merger()  # From the main thread: see die_with_parent.
   logging.info('%s: shutting down', spec.name)
   grpc_server.stop(grace=2).wait()
   health_server.stop()

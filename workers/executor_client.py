@@ -56,14 +56,16 @@ def classify(target: str, error: grpc.RpcError) -> ExecutorError:
   return ExecutorError(target, kind, details.split('\n')[0][:2000])
 
 
+# A call given no timeout still ends: no channel waits forever.
+DEFAULT_CALL_SECONDS = 3600.0
+
+
 class _Deadline:
 
   def __init__(self, timeout: Optional[float]):
-    self._end = None if timeout is None else time.monotonic() + timeout
+    self._end = time.monotonic() + (timeout or DEFAULT_CALL_SECONDS)
 
-  def left(self) -> Optional[float]:
-    if self._end is None:
-      return None
+  def left(self) -> float:
     return max(0.001, self._end - time.monotonic())
 
 

@@ -48,7 +48,7 @@ from workers import topology as topology_lib
 from workers import worker_process
 
 _POD_PORT, _POD_HEALTH_PORT = 8000, 8001
-_POD_EXECUTOR_PORT = 8002  # Behind the TLS terminator, in a private netns.
+_POD_EXECUTOR_PORT = 8002  # Behind the TLS terminator, on the pod's loopback.
 _SERVER_PORT, _SERVER_HEALTH_PORT = 7000, 7001
 
 
@@ -56,11 +56,13 @@ class _Node:
   """One pod or edge server process, restartable."""
 
   def __init__(self, name: str, argv: list[str], log_path: str,
-               health_address: str):
+               health_address: str, namespace: Optional[str] = None):
     self.name = name
     self.argv = argv
     self.log_path = log_path
     self.health_address = health_address
+    # Health ports listen on loopback (TLS mode): probed from inside.
+    self.namespace = namespace
     self.process: Optional[subprocess.Popen] = None
     self.restarts = 0
 
@@ -81,7 +83,9 @@ class _Node:
         raise UserError(f'{self.name} exited with status '
                         f'{self.process.returncode}; see {self.log_path}')
       try:
-        status, _ = health.get_json(self.health_address, '/readyz', 2.0)
+        probe = lambda: health.get_json(self.health_address, '/readyz', 2.0)
+        status, _ = (netns.call_in(self.namespace, probe) if self.namespace
+                     else probe())
         if status == 200:
           return
       except OSError:
@@ -92,14 +96,6 @@ class _Node:
 
   def stop(self, grace: float = 10.0) -> None:
     worker_process.terminate(self.process, grace)
-
-
-def _nginx_installed() -> bool:
-  try:
-    tls_terminator.find_nginx()
-    return True
-  except tls_terminator.TerminatorError:
-    return False
 
 
 def check_sizes(num_pods: int, num_edge_servers: int) -> None:
@@ -128,11 +124,15 @@ class LocalCluster:
       raise UserError('network namespaces need root and the `ip` tool; run '
                       'as root or pass --netns=false')
     self.pod_threads = pod_threads
-    # Mutual TLS on every channel, as a real deployment; needs nginx.
-    if use_tls is None:
-      use_tls = _nginx_installed()
-    elif use_tls:
+    # Mutual TLS on every channel, as a real deployment; needs nginx. Never
+    # a silent fallback to plaintext.
+    use_tls = True if use_tls is None else use_tls
+    if use_tls:
       tls_terminator.find_nginx()  # Raises, saying how to install it.
+    elif self.use_netns:
+      raise UserError('--tls=false with network namespaces: pods serve their '
+                      'executor on their own loopback only, which other '
+                      'namespaces cannot reach; use TLS or --netns=false')
     self.use_tls = use_tls
     self.tls_dir: Optional[str] = None
     # All pods share this machine's cores: one computing pod per core (more
@@ -217,14 +217,15 @@ class LocalCluster:
         args += [f'--tls_dir={self.tls_dir}',
                  f'--run_dir={os.path.join(self.cluster_dir, "run", name)}']
         if namespace:
-          # The plaintext executor lives where only its pod can reach it.
-          private = self._network.add_private(i, namespace)
-          args += [f'--executor_netns={private}',
-                   f'--executor_host={netns.Network.PRIVATE_INNER}',
-                   f'--executor_port={_POD_EXECUTOR_PORT}']
+          args += [f'--executor_port={_POD_EXECUTOR_PORT}']
+      else:
+        args += ['--insecure']
+      # In a namespace the health port is on the pod's own loopback.
+      probe_at = f'127.0.0.1:{_POD_HEALTH_PORT}' if namespace else health_address
       self.pods.append(_Node(name, self._argv(namespace, 'workers.edge_pod',
                                               args),
-                             os.path.join(logs, f'{name}.log'), health_address))
+                             os.path.join(logs, f'{name}.log'), probe_at,
+                             namespace))
       pod_specs.append(topology_lib.Pod(name, address, health_address))
     servers = []
     for j, name in enumerate(server_names):
@@ -240,9 +241,13 @@ class LocalCluster:
       args = [f'--topology={self.topology_path}', f'--name={name}',
               f'--cpu_slots={self.cpu_slots}',
               f'--cpu_slots_dir={os.path.join(self.cluster_dir, "cpu-slots")}']
+      if not self.use_tls:
+        args += ['--insecure']
+      probe_at = (f'127.0.0.1:{_SERVER_HEALTH_PORT}' if namespace
+                  else health_address)
       self.edge_servers.append(
           _Node(name, self._argv(namespace, 'workers.edge_server', args),
-                os.path.join(logs, f'{name}.log'), health_address))
+                os.path.join(logs, f'{name}.log'), probe_at, namespace))
     self.topology = topology_lib.Topology(tuple(servers), eval_data=eval_dir,
                                           tls_dir=self.tls_dir)
     topology_lib.save(self.topology, self.topology_path)
@@ -305,10 +310,12 @@ def define_flags() -> None:
                     'One network namespace per node (needs root); auto: '
                     'when root.')
   flags.DEFINE_integer('pod_threads', 1, 'TF threads per pod executor.')
-  flags.DEFINE_enum('tls', 'auto', ['auto', 'true', 'false'],
+  flags.DEFINE_enum('tls', 'true', ['true', 'false'],
                     'Mutual TLS on every channel (certificates in '
                     '<cluster_dir>/certs, nginx in front of each pod '
-                    'executor); auto: when nginx is installed.')
+                    'executor; ./setup.sh installs nginx). false: plaintext '
+                    '(pods and edge servers get --insecure, and so must '
+                    'the coordinator); only with --netns=false.')
 
 
 def main(argv: list[str]) -> int:
@@ -333,6 +340,8 @@ def main(argv: list[str]) -> int:
   where = 'network namespaces' if cluster.use_netns else 'localhost'
   if cluster.use_tls:
     where += f'; mutual TLS, certificates in {cluster.tls_dir}'
+  else:
+    where += '; PLAINTEXT: train with --insecure'
   print(f'{cluster.num_pods} edge pods under {cluster.num_edge_servers} edge '
         f'servers are up ({where}); topology: {flag_values.topology_out}; '
         f'logs: {cluster.cluster_dir}/logs. Ctrl-C stops them.', flush=True)

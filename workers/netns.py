@@ -7,10 +7,17 @@ between nodes then crosses real interfaces, as between hosts.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
 import subprocess
+import threading
+from typing import Callable, TypeVar
+
+_T = TypeVar('_T')
+_CLONE_NEWNET = 0x40000000
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def available() -> bool:
@@ -60,6 +67,36 @@ def remove_stale() -> list[str]:
   return removed
 
 
+def call_in(namespace: str, fn: Callable[[], _T]) -> _T:
+  """Runs `fn()` in a new thread that has entered `namespace` (needs root).
+
+  A network namespace belongs to a thread, so sockets `fn` opens live in
+  `namespace` while the rest of this process stays where it is: a probe or a
+  readiness check from inside a node without starting a process there.
+  """
+  outcome: dict[str, object] = {}
+
+  def run() -> None:
+    try:
+      fd = os.open(f'/var/run/netns/{namespace}', os.O_RDONLY)
+      try:
+        if _LIBC.setns(fd, _CLONE_NEWNET) != 0:
+          error = ctypes.get_errno()
+          raise OSError(error, f'setns into {namespace}: {os.strerror(error)}')
+      finally:
+        os.close(fd)
+      outcome['value'] = fn()
+    except BaseException as e:  # pylint: disable=broad-except
+      outcome['error'] = e
+
+  thread = threading.Thread(target=run, name=f'in-{namespace}')
+  thread.start()
+  thread.join()  # The thread ends here, and its namespace with it.
+  if 'error' in outcome:
+    raise outcome['error']
+  return outcome['value']
+
+
 def command(namespace: str, argv: list[str]) -> list[str]:
   """`argv` run inside `namespace` (ip execs it: no extra process)."""
   return ['ip', 'netns', 'exec', namespace, *argv]
@@ -104,37 +141,6 @@ class Network:
     _ip('-n', namespace, 'link', 'set', inner, 'up')
     _ip('-n', namespace, 'link', 'set', 'lo', 'up')
     return namespace, address
-
-  # A private link between a host and its own inner namespace. Every host
-  # uses the same pair: each link exists only inside its own two namespaces.
-  PRIVATE_OUTER = '10.255.255.1'
-  PRIVATE_INNER = '10.255.255.2'
-
-  def add_private(self, index: int, host_namespace: str) -> str:
-    """A namespace only `host_namespace` can reach, at PRIVATE_INNER.
-
-    Nothing routes to it from the bridge: the host namespace does not
-    forward (a new namespace has ip_forward=0), so a plaintext service there
-    is reachable from its host alone.
-
-    Returns:
-      The inner namespace's name.
-    """
-    namespace = f'tff{self.tag}x{index}'
-    outer, inner = f'v{self.tag}p{index}', f'v{self.tag}q{index}'
-    _ip('netns', 'add', namespace)
-    self.namespaces.append(namespace)
-    _ip('link', 'add', outer, 'type', 'veth', 'peer', 'name', inner)
-    _ip('link', 'set', outer, 'netns', host_namespace)
-    _ip('link', 'set', inner, 'netns', namespace)
-    _ip('-n', host_namespace, 'addr', 'add', f'{self.PRIVATE_OUTER}/30', 'dev',
-        outer)
-    _ip('-n', host_namespace, 'link', 'set', outer, 'up')
-    _ip('-n', namespace, 'addr', 'add', f'{self.PRIVATE_INNER}/30', 'dev',
-        inner)
-    _ip('-n', namespace, 'link', 'set', inner, 'up')
-    _ip('-n', namespace, 'link', 'set', 'lo', 'up')
-    return namespace
 
   def destroy(self) -> None:
     for namespace in self.namespaces:

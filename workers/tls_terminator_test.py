@@ -1,3 +1,4 @@
+import datetime
 import http.client
 import http.server
 import json
@@ -107,15 +108,18 @@ class NginxTerminatorTest(absltest.TestCase):
       raise AssertionError(f'{e} (these tests need the real nginx)') from None
     cls.root = tempfile.mkdtemp()
     ours = os.path.join(cls.root, 'ours')
-    certs.write_bundle(ours, ['edge-0', 'coordinator'])
+    certs.write_bundle(ours, ['edge-0', 'edge-1', 'edge-server-0',
+                              'edge-server-1', 'coordinator'])
+    cls.ours = ours
     theirs = os.path.join(cls.root, 'theirs')
-    certs.write_bundle(theirs, ['coordinator'])
+    certs.write_bundle(theirs, ['edge-server-0'])
     cls.pod = tls.TlsFiles.from_dir(ours, 'edge-0')
-    cls.client = tls.TlsFiles.from_dir(ours, 'coordinator')
+    # Pods admit edge servers only.
+    cls.client = tls.TlsFiles.from_dir(ours, 'edge-server-0')
     # Trusts our CA but has a cert from another: nginx must refuse it.
     cls.stranger = tls.TlsFiles(ca=cls.client.ca,
-                                cert=os.path.join(theirs, 'coordinator.crt'),
-                                key=os.path.join(theirs, 'coordinator.key'))
+                                cert=os.path.join(theirs, 'edge-server-0.crt'),
+                                key=os.path.join(theirs, 'edge-server-0.key'))
     # Our cert, but trusting another CA: must refuse our terminator.
     cls.distrustful = tls.TlsFiles(ca=os.path.join(theirs, 'ca.crt'),
                                    cert=cls.client.cert, key=cls.client.key)
@@ -244,7 +248,8 @@ class NginxTerminatorTest(absltest.TestCase):
                                      self.client, server_name='edge-0')
     self.assertEqual(status, 200)
     self.assertEqual(body['path'], '/control/status?x=1')
-    self.assertIn('CN=coordinator', body['subject'])
+    self.assertEqual(body['subject'],
+                     'CN=edge-server-0,OU=edge-server,O=tff-edge')
     self.assertEqual(tls.http_get_json(target, '/control/status',
                                        self.stranger),
                      (403, {'error': _REJECTED}))
@@ -258,6 +263,162 @@ class NginxTerminatorTest(absltest.TestCase):
     conn.close()
     with self.assertRaises(OSError):  # ssl.SSLCertVerificationError
       tls.http_get_json(target, '/control/status', self.distrustful)
+
+  # Authorization by role, revocation, expiry, rotation.
+
+  def _files(self, node: str) -> tls.TlsFiles:
+    return tls.TlsFiles.from_dir(self.ours, node)
+
+  def test_only_edge_servers_may_call_a_pod(self):
+    upstream = _Listener()
+    self.addCleanup(upstream.close)
+    terminator = self._terminator(upstream.target)
+    for caller in ('coordinator', 'edge-1'):  # Another pod, the coordinator.
+      with self.subTest(caller=caller):
+        with self.assertRaises(grpc.RpcError) as raised:
+          _get_executor(terminator.target, self._files(caller),
+                        server_name='edge-0')
+        self.assertEqual(raised.exception.code(),
+                         grpc.StatusCode.PERMISSION_DENIED)
+        self.assertIn(tls_terminator.FORBIDDEN, raised.exception.details())
+        self.assertEqual(
+            tls.http_get_json(self.terminator.target, '/control/status',
+                              self._files(caller), server_name='edge-0'),
+            (403, {'error': tls_terminator.FORBIDDEN}))
+    self.assertEqual(upstream.connections(), 0)
+    self.assertTrue(_get_executor(self.terminator.target,
+                                  self._files('edge-server-1'),
+                                  server_name='edge-0').HasField('executor'))
+
+  def test_a_certificate_of_another_role_with_a_forged_subject_is_refused(self):
+    # An OU that only looks right inside another attribute: the whole
+    # subject must match, so the CN cannot smuggle "OU=edge-server" in.
+    from cryptography import x509 as x509_lib  # pylint: disable=g-import-not-at-top
+    from cryptography.hazmat.primitives import hashes  # pylint: disable=g-import-not-at-top
+    from cryptography.x509.oid import NameOID  # pylint: disable=g-import-not-at-top
+    ca = certs.load_ca(self.ours)
+    key = certs.new_key()
+    subject = x509_lib.Name([
+        x509_lib.NameAttribute(NameOID.ORGANIZATION_NAME, 'tff-edge'),
+        x509_lib.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, 'edge-pod'),
+        x509_lib.NameAttribute(NameOID.COMMON_NAME,
+                               'x,OU=edge-server,O=tff-edge')])
+    issued = certs.issue_node_cert(ca, 'edge-9', role='edge-pod')
+    forged = (x509_lib.CertificateBuilder().subject_name(subject)
+              .issuer_name(ca.cert.subject).public_key(key.public_key())
+              .serial_number(x509_lib.random_serial_number())
+              .not_valid_before(issued.cert.not_valid_before_utc)
+              .not_valid_after(issued.cert.not_valid_after_utc)
+              .sign(ca.key, hashes.SHA256()))
+    out = self.create_tempdir().full_path
+    shutil.copy(self.client.ca, os.path.join(out, 'ca.crt'))
+    with open(os.path.join(out, 'forged.crt'), 'wb') as f:
+      f.write(forged.public_bytes(certs.serialization.Encoding.PEM))
+    with open(os.path.join(out, 'forged.key'), 'wb') as f:
+      f.write(certs.Issued(None, key).key_pem())
+    forged_files = tls.TlsFiles.from_dir(out, 'forged', validate=False)
+    with self.assertRaises(grpc.RpcError) as raised:
+      _get_executor(self.terminator.target, forged_files,
+                    server_name='edge-0')
+    self.assertEqual(raised.exception.code(),
+                     grpc.StatusCode.PERMISSION_DENIED)
+
+  def test_expired_certificate_is_refused(self):
+    out = self.create_tempdir().full_path
+    ca = certs.load_ca(self.ours)
+    old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
+        days=3)
+    expired = certs.issue_node_cert(ca, 'edge-server-5', days=1, now=old)
+    shutil.copy(self.client.ca, os.path.join(out, 'ca.crt'))
+    with open(os.path.join(out, 'edge-server-5.crt'), 'wb') as f:
+      f.write(expired.cert_pem())
+    with open(os.path.join(out, 'edge-server-5.key'), 'wb') as f:
+      f.write(expired.key_pem())
+    files = tls.TlsFiles.from_dir(out, 'edge-server-5', validate=False)
+    with self.assertRaises(grpc.RpcError) as raised:
+      _get_executor(self.terminator.target, files, server_name='edge-0')
+    self.assertEqual(raised.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+    self.assertEqual(tls.http_get_json(self.terminator.target,
+                                       '/control/status', files,
+                                       server_name='edge-0')[0], 403)
+
+  def test_revoked_certificate_is_refused_after_reload_and_rotation_fails_no_call(self):
+    # A CA directory of its own: the revocation and the rotation stay here.
+    ca_dir = self.create_tempdir().full_path
+    certs.write_bundle(ca_dir, ['edge-0', 'edge-server-0', 'edge-server-1'])
+    pod = tls.TlsFiles.from_dir(ca_dir, 'edge-0')
+    good = tls.TlsFiles.from_dir(ca_dir, 'edge-server-0')
+    revoked = tls.TlsFiles.from_dir(ca_dir, 'edge-server-1')
+    terminator = tls_terminator.NginxTerminator(
+        0, pod, self.worker.target, None, self.create_tempdir().full_path,
+        listen_host='127.0.0.1').start()
+    self.addCleanup(terminator.stop)
+    self.assertTrue(_get_executor(terminator.target, revoked,
+                                  server_name='edge-0').HasField('executor'))
+    # Calls run without pause through the revocation and a rotation.
+    channel = tls.grpc_channel(terminator.target, good, server_name='edge-0')
+    self.addCleanup(channel.close)
+    stub = executor_pb2_grpc.ExecutorGroupStub(channel)
+    failures, calls, stop = [], [0], threading.Event()
+
+    def call_forever():
+      while not stop.is_set():
+        try:
+          stub.GetExecutor(executor_pb2.GetExecutorRequest(
+              cardinalities=value_serialization.serialize_cardinalities(
+                  {tff.CLIENTS: 1})), timeout=10)
+          calls[0] += 1
+        except grpc.RpcError as e:
+          failures.append(e)
+
+    caller = threading.Thread(target=call_forever)
+    caller.start()
+    time.sleep(0.5)
+    with open(revoked.cert, 'rb') as f:
+      certs.write_crl(ca_dir, [certs.x509.load_pem_x509_certificate(f.read())])
+    terminator.reload()
+    time.sleep(0.5)
+    # Rotation: a new key and certificate for the pod.
+    renewed = certs.issue_node_cert(certs.load_ca(ca_dir), 'edge-0')
+    with open(pod.key + '.new', 'wb') as f:
+      f.write(renewed.key_pem())
+    with open(pod.cert + '.new', 'wb') as f:
+      f.write(renewed.cert_pem())
+    os.replace(pod.key + '.new', pod.key)
+    os.replace(pod.cert + '.new', pod.cert)
+    terminator.reload()
+    time.sleep(1.0)
+    stop.set()
+    caller.join()
+    self.assertEqual(failures, [])
+    self.assertGreater(calls[0], 10)
+    self.assertEqual(terminator.reloads, 2)
+    with self.assertRaises(grpc.RpcError) as raised:
+      _get_executor(terminator.target, revoked, server_name='edge-0')
+    self.assertEqual(raised.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+    # New connections see the new certificate.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(pod.ca)
+    context.check_hostname = False
+    with socket.create_connection(('127.0.0.1', terminator.port)) as raw:
+      with context.wrap_socket(raw) as conn:
+        served = certs.x509.load_der_x509_certificate(conn.getpeercert(True))
+    self.assertEqual(served.serial_number, renewed.cert.serial_number)
+
+  def test_reload_with_files_that_do_not_fit_keeps_serving(self):
+    ca_dir = self.create_tempdir().full_path
+    certs.write_bundle(ca_dir, ['edge-0', 'edge-server-0'])
+    pod = tls.TlsFiles.from_dir(ca_dir, 'edge-0')
+    terminator = tls_terminator.NginxTerminator(
+        0, pod, self.worker.target, None, self.create_tempdir().full_path,
+        listen_host='127.0.0.1').start()
+    self.addCleanup(terminator.stop)
+    shutil.copy(self.stranger.key, pod.key)  # Half a rotation.
+    with self.assertRaisesRegex(tls.TlsError, 'not the key of'):
+      terminator.reload()
+    self.assertTrue(_get_executor(
+        terminator.target, tls.TlsFiles.from_dir(ca_dir, 'edge-server-0'),
+        server_name='edge-0').HasField('executor'))
 
   def test_port_in_use_fails_with_nginx_stderr(self):
     taken = socket.create_server(('127.0.0.1', 0))
@@ -294,9 +455,10 @@ class NginxTerminatorTest(absltest.TestCase):
     run_dir = self.create_tempdir().full_path
     config = tls_terminator.NginxTerminator(
         8443, self.pod, '127.0.0.1:8000', '127.0.0.1:8001', run_dir).config()
-    for line in (f'pid "{run_dir}/nginx.pid";', 'error_log stderr warn;',
-                 'listen 0.0.0.0:8443 ssl http2;', 'ssl_verify_client on;',
-                 'client_max_body_size 0;', 'grpc_pass grpc://executor;',
+    for line in (f'pid "{run_dir}/nginx.0.pid";', 'error_log stderr warn;',
+                 'listen 0.0.0.0:8443 ssl http2 reuseport;',
+                 'ssl_verify_client on;',
+                 f'client_max_body_size {worker_process.GRPC_MAX_MESSAGE_MB}m;', 'grpc_pass grpc://executor;',
                  'proxy_pass http://control;', 'master_process off;',
                  f'proxy_temp_path "{run_dir}/proxy";'):
       self.assertIn(line, config)

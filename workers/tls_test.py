@@ -134,7 +134,66 @@ class TlsTest(absltest.TestCase):
     self.assertEqual(self.client, tls.TlsFiles(
         ca=os.path.join(self.dir, 'ca.crt'),
         cert=os.path.join(self.dir, 'coordinator.crt'),
-        key=os.path.join(self.dir, 'coordinator.key')))
+        key=os.path.join(self.dir, 'coordinator.key'),
+        crl=os.path.join(self.dir, 'ca.crl')))
+
+  def test_plaintext_only_when_asked_for(self):
+    with self.assertRaisesRegex(tls.TlsError, 'pass --insecure explicitly'):
+      tls.resolve('', 'coordinator', False, 'the coordinator')
+    self.assertIsNone(tls.resolve('', 'coordinator', True, 'the coordinator'))
+    with self.assertRaisesRegex(tls.TlsError, 'contradict'):
+      tls.resolve(self.dir, 'coordinator', True, 'the coordinator')
+    self.assertEqual(tls.resolve(self.dir, 'coordinator', False, 'x'),
+                     self.client)
+
+  def test_peer_policy_admits_roles_and_refuses_revoked_certificates(self):
+    policy = tls.PeerPolicy(self.client, ['coordinator'])
+    with open(self.client.cert, 'rb') as f:
+      pem = f.read()
+    self.assertEqual(policy.check_pem(pem), ('coordinator', 'coordinator'))
+    with self.assertRaisesRegex(PermissionError, 'may not call'):
+      tls.PeerPolicy(self.client, ['edge-server']).check_pem(pem)
+    ca_dir = self.create_tempdir().full_path
+    certs.write_bundle(ca_dir, ['coordinator', 'edge-server-0'])
+    files = tls.TlsFiles.from_dir(ca_dir, 'coordinator')
+    policy = tls.PeerPolicy(files, ['coordinator'])
+    with open(files.cert, 'rb') as f:
+      pem = f.read()
+    self.assertEqual(policy.check_pem(pem)[0], 'coordinator')
+    certs.write_crl(ca_dir, [certs.x509.load_pem_x509_certificate(pem)])
+    with self.assertRaisesRegex(PermissionError, 'is revoked'):
+      policy.check_pem(pem)
+    # An expired CRL refuses everyone (as nginx does), until re-signed.
+    ca = certs.load_ca(ca_dir)
+    old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
+        days=40)
+    with open(files.crl, 'wb') as f:
+      serial = certs.x509.load_pem_x509_certificate(pem).serial_number
+      f.write(certs.make_crl(ca, [serial], days=30, now=old).public_bytes(
+          certs.serialization.Encoding.PEM))
+    with self.assertRaisesRegex(PermissionError, 'expired'):
+      policy.check_pem(pem)
+    certs.write_crl(ca_dir)
+    with self.assertRaisesRegex(PermissionError, 'is revoked'):
+      policy.check_pem(pem)  # Re-signed: the revocation still stands.
+
+  def test_certificates_without_a_role_are_refused(self):
+    legacy = certs.make_ca()
+    ca_dir = self.create_tempdir().full_path
+    with open(os.path.join(ca_dir, 'ca.crt'), 'wb') as f:
+      f.write(legacy.cert_pem())
+    cert = (certs.x509.CertificateBuilder()
+            .subject_name(certs._name('edge-server-0'))  # pylint: disable=protected-access
+            .issuer_name(legacy.cert.subject)
+            .public_key(certs.new_key().public_key())
+            .serial_number(1)
+            .not_valid_before(legacy.cert.not_valid_before_utc)
+            .not_valid_after(legacy.cert.not_valid_after_utc)
+            .sign(legacy.key, certs.hashes.SHA256()))
+    policy = tls.PeerPolicy(tls.TlsFiles(os.path.join(ca_dir, 'ca.crt'), '',
+                                         ''), ['edge-server'])
+    with self.assertRaisesRegex(PermissionError, 'subject alternative'):
+      policy.check_pem(cert.public_bytes(certs.serialization.Encoding.PEM))
 
   def test_missing_file_is_named(self):
     with self.assertRaisesRegex(

@@ -74,6 +74,9 @@ def define_flags() -> None:
   flags.DEFINE_float(
       'wait_ready_seconds', 0.0, 'After writing: wait until every edge server '
       'and every pod answers and no client is on two pods (0: do not wait).')
+  flags.DEFINE_bool(
+      'insecure', False, 'With --wait_ready_seconds and no --tls_dir: call '
+      'the edge servers in plaintext (refused without it).')
   flags.DEFINE_string(
       'wait_tls_node', 'coordinator', 'With --wait_ready_seconds and '
       '--tls_dir: whose certificate to call the edge servers with.')
@@ -230,8 +233,8 @@ def main(argv: Sequence[str]) -> int:
           f'{len(topology.edge_servers)} edge servers -> {args.out}',
           flush=True)
     if args.wait_ready_seconds > 0:
-      tls = (tls_lib.TlsFiles.from_dir(args.tls_dir, args.wait_tls_node)
-             if args.tls_dir else None)
+      tls = tls_lib.resolve(args.tls_dir, args.wait_tls_node, args.insecure,
+                            'topology_gen --wait_ready_seconds')
       wait_ready(topology, tls, args.wait_ready_seconds,
                  log=lambda m: print(f'topology_gen: {m}', flush=True))
       print('topology_gen: every edge server and pod answers', flush=True)

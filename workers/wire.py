@@ -45,11 +45,24 @@ def unpack(message: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
   try:
     header = json.loads(message[_LENGTH.size:_LENGTH.size + size])
     layout = header.pop('_blobs')
-  except (ValueError, KeyError, AttributeError) as e:
+  except (ValueError, KeyError, AttributeError, TypeError) as e:
     raise WireError(f'unreadable message header: {e}') from e
+  if not isinstance(layout, list):
+    raise WireError(f'blob layout is a {type(layout).__name__}, not a list')
   offset = _LENGTH.size + size
   blobs = {}
-  for name, length in layout:
+  for entry in layout:
+    # Exactly [name, length] with a str name and a non-negative int length
+    # (not a bool, float or string): anything else is a hostile layout.
+    if (not isinstance(entry, list) or len(entry) != 2 or
+        not isinstance(entry[0], str) or type(entry[1]) is not int):
+      raise WireError(f'blob layout entry {str(entry)[:80]} is not '
+                      '[name, length]')
+    name, length = entry
+    if length < 0:
+      raise WireError(f'blob {name!r} has a negative length {length}')
+    if name in blobs:
+      raise WireError(f'blob {name!r} appears twice')
     if offset + length > len(message):
       raise WireError(f'blob {name!r} ({length} bytes) runs past the end of '
                       'the message')

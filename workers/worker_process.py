@@ -4,41 +4,77 @@ TFF's own `local_cpp_executor_factory` kills its worker only in `__del__`, so
 a parent that dies (crash, `kill -9`) leaks a 180 MB worker. Ours asks the
 kernel to kill the worker when the parent dies (PR_SET_PDEATHSIG) and stops it
 explicitly on exit.
+
+The worker speaks plaintext gRPC and runs whatever graph it is sent, and it
+binds `[::]:port` with no option to do otherwise. It is therefore started
+with the loopback bind shim (workers/native/loopback_bind.c, built by
+setup.sh into `<venv>/lib/tff_edge/`) in LD_PRELOAD, which turns that bind
+into 127.0.0.1, and after start its sockets are read from /proc: a worker
+that listens on anything but loopback is killed and start() fails (fail
+closed, e.g. when the shim is missing or the binary stops using glibc's
+bind). Only processes of its own network namespace (pod) can reach it.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import signal
 import subprocess
+import sys
 import time
 from typing import Optional
-
-import importlib.util
 
 import grpc
 import portpicker
 
-from workers import netns as netns_lib
+from workers import listeners
 
 # Found without importing TFF (and TF): an edge pod's own process stays small.
 WORKER_BINARY = os.path.join(
     importlib.util.find_spec('tensorflow_federated')
     .submodule_search_locations[0], 'data', 'worker_binary')
-GRPC_MAX_MESSAGE_MB = 2000
+# The largest message any channel, server or nginx of the runtime accepts.
+# A round's largest messages are the model (weights, about 4 bytes per
+# parameter, once per edge server) and the round computation (a serialized
+# TF graph); the coordinator refuses a message over the cap before sending
+# it (tff_pipeline.distributed), naming this setting. Every tier must use
+# the same value: set TFF_EDGE_MAX_MESSAGE_MB in each one's environment.
+GRPC_MAX_MESSAGE_MB = int(os.environ.get('TFF_EDGE_MAX_MESSAGE_MB', '512'))
+MAX_MESSAGE_ENV = 'TFF_EDGE_MAX_MESSAGE_MB'
 GRPC_CHANNEL_OPTIONS = [
     ('grpc.max_message_length', GRPC_MAX_MESSAGE_MB * 1000 * 1000),
     ('grpc.max_receive_message_length', GRPC_MAX_MESSAGE_MB * 1000 * 1000),
     ('grpc.max_send_message_length', GRPC_MAX_MESSAGE_MB * 1000 * 1000),
 ]
 _PR_SET_PDEATHSIG = 1
+# The LD_PRELOAD library that keeps the worker on loopback (setup.sh builds
+# it; the image has it at the same place under /opt/venv).
+BIND_SHIM_ENV = 'TFF_EDGE_BIND_SHIM'
+_LOOPBACK_HOSTS = ('127.0.0.1', 'localhost', '::1', '[::1]')
 # log_path meaning "write to our own stdout/stderr" (pod logs go to stdout).
 INHERIT_OUTPUT = '-'
 
 
 class WorkerStartError(RuntimeError):
-  """The executor service did not come up."""
+  """The executor service did not come up (or not on loopback only)."""
+
+
+def bind_shim_path() -> str:
+  """Where the loopback bind shim is ($TFF_EDGE_BIND_SHIM overrides)."""
+  return os.environ.get(BIND_SHIM_ENV) or os.path.join(
+      sys.prefix, 'lib', 'tff_edge', 'loopback_bind.so')
+
+
+def _bind_shim() -> str:
+  path = bind_shim_path()
+  if not os.path.isfile(path):
+    raise WorkerStartError(
+        f'the loopback bind shim {path} is missing, and without it TFF\'s '
+        'executor would listen on every interface; run ./setup.sh (it builds '
+        'workers/native/loopback_bind.c with gcc)')
+  return path
 
 
 # Resolved now, in the parent: the child must not dlopen between fork and
@@ -73,12 +109,12 @@ class WorkerProcess:
                log_path: Optional[str] = None,
                intra_op_threads: Optional[int] = None,
                inter_op_threads: Optional[int] = None,
-               cwd: Optional[str] = None, netns: Optional[str] = None):
+               cwd: Optional[str] = None):
+    if host not in _LOOPBACK_HOSTS:
+      raise ValueError(f'the executor listens on loopback only; {host!r} is '
+                       'not a loopback address')
     self.host = host
     self._cwd = cwd  # Relative shard paths in computations resolve here.
-    # Runs inside this network namespace (`ip netns exec`, needs root): an
-    # edge pod hides its plaintext executor there behind its TLS terminator.
-    self._netns = netns
     self.port = port or portpicker.pick_unused_port()
     self._max_calls = max_concurrent_computation_calls
     self._env = dict(os.environ if env is None else env)
@@ -109,8 +145,9 @@ class WorkerProcess:
         f'--max_concurrent_computation_calls={self._max_calls}',
         f'--grpc_max_message_length_megabytes={GRPC_MAX_MESSAGE_MB}',
     ]
-    if self._netns:
-      args = netns_lib.command(self._netns, args)
+    env = dict(self._env)
+    env['LD_PRELOAD'] = ' '.join(
+        p for p in (_bind_shim(), env.get('LD_PRELOAD', '')) if p)
     output = subprocess.DEVNULL
     if self._log_path == INHERIT_OUTPUT:
       output = None
@@ -119,7 +156,7 @@ class WorkerProcess:
       output = self._log
     self._process = subprocess.Popen(
         args, stdout=output, stderr=output,
-        env=self._env, cwd=self._cwd, preexec_fn=die_with_parent)
+        env=env, cwd=self._cwd, preexec_fn=die_with_parent)
     # Fresh channels: an old one that saw the previous process die stays
     # idle and never reports ready again.
     self._stub = None
@@ -136,7 +173,17 @@ class WorkerProcess:
         self.stop()
         raise WorkerStartError(
             f'TFF worker on port {self.port} not ready after {timeout:.0f}s')
+    self._check_loopback_only()
     return self
+
+  def _check_loopback_only(self) -> None:
+    exposed = listeners.beyond_loopback(listeners.listening(self.pid))
+    if exposed:
+      self.stop(grace=0)
+      raise WorkerStartError(
+          f'TFF worker listened on {", ".join(map(str, exposed))}, beyond '
+          f'loopback, and was stopped; the bind shim {bind_shim_path()} did '
+          'not take effect (rebuild it with ./setup.sh)')
 
   def channel(self) -> grpc.Channel:
     return grpc.insecure_channel(self.target, GRPC_CHANNEL_OPTIONS)

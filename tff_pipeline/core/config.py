@@ -233,9 +233,14 @@ class TrainConfig:
       '', 'comm_args',
       'With --executor=remote: folder with ca.crt, coordinator.crt and '
       'coordinator.key for mutual TLS to the edge servers (empty: the '
-      "topology's tls_dir; none there: insecure channels).")
+      "topology's tls_dir; none there: the run refuses to start unless "
+      '--insecure).')
+  insecure: bool = _opt(
+      False, 'comm_args',
+      'With --executor=remote and no TLS directory: talk to the edge servers '
+      'in plaintext (a warning each round). Only for a trusted network.')
   round_timeout: float = _opt(
-      0.0, 'device_args',
+      600.0, 'device_args',
       'With --executor=remote: seconds a pod may take for its part of a '
       'round before it is dropped from the round (0: no limit).',
       check=_at_least(0.0))

@@ -1,16 +1,26 @@
 """Round checkpoints of the server state (TFF's file program state manager).
 
 `tff.program.FileProgramStateManager` writes each version to a temporary
-folder and renames it into place, so a crash mid-save leaves the previous
-checkpoint as the latest one.
+folder `round_N_tempXXXX` and renames it to `round_N`, so a crash mid-save
+leaves the previous checkpoint as the latest one. On top of it:
+  * leftover temporary folders of a killed save are removed at start;
+  * every file and folder of a saved version, and the folder holding it, are
+    fsynced before the save returns (the rename alone survives a process
+    kill, not a power loss);
+  * resuming tries the newest complete `round_N` first and falls back to
+    older ones, with a warning, if it does not load (corrupted or truncated).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shutil
+import sys
 from typing import Any, Optional, TypeVar
 
+from absl import logging
 import tensorflow_federated as tff
 
 from data_prep.errors import UserError
@@ -18,6 +28,25 @@ from data_prep.errors import UserError
 State = TypeVar('State')
 
 _PREFIX = 'round_'
+COMPLETE = re.compile(r'round_(\d+)')
+_TEMP = re.compile(r'round_\d+_temp\d+')
+
+
+def _fsync(path: str) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def _fsync_tree(path: str) -> None:
+  """fsyncs every file and folder under `path`, then `path`'s parent."""
+  for root, _, files in os.walk(path, topdown=False):
+    for name in files:
+      _fsync(os.path.join(root, name))
+    _fsync(root)
+  _fsync(os.path.dirname(os.path.abspath(path)))
 
 
 class RoundCheckpoints:
@@ -27,6 +56,11 @@ class RoundCheckpoints:
     self._root_dir = root_dir
     self._manager = tff.program.FileProgramStateManager(
         root_dir, prefix=_PREFIX, keep_total=keep, keep_first=False)
+    for name in os.listdir(root_dir):
+      if _TEMP.fullmatch(name):  # A save killed half-way.
+        logging.warning('removing %s, left by a save that did not finish',
+                        os.path.join(root_dir, name))
+        shutil.rmtree(os.path.join(root_dir, name), ignore_errors=True)
 
   @property
   def root_dir(self) -> str:
@@ -34,30 +68,50 @@ class RoundCheckpoints:
 
   def save(self, state: Any, round_num: int) -> None:
     asyncio.run(self._manager.save(state, round_num))
+    _fsync_tree(os.path.join(self._root_dir, f'{_PREFIX}{round_num}'))
+
+  def rounds(self) -> list[int]:
+    """Complete versions, oldest first."""
+    return sorted(int(m.group(1)) for m in map(
+        COMPLETE.fullmatch, os.listdir(self._root_dir)) if m)
 
   def latest_round(self) -> Optional[int]:
-    versions = asyncio.run(self._manager.get_versions())
-    return versions[-1] if versions else None
+    rounds = self.rounds()
+    return rounds[-1] if rounds else None
 
   def load_latest(self, template: State) -> tuple[State, int]:
-    """Returns (state, round) of the newest checkpoint.
+    """Returns (state, round) of the newest checkpoint that loads.
+
+    A newer one that does not load (truncated, corrupted) is skipped with a
+    warning: the run then redoes the rounds after the one loaded.
 
     Args:
       template: A state of the same structure (e.g. a fresh `initialize()`).
 
     Raises:
-      UserError: No checkpoint, or one that does not match this config.
+      UserError: No checkpoint, or none that loads into this config.
     """
-    round_num = self.latest_round()
-    if round_num is None:
+    rounds = self.rounds()
+    if not rounds:
       raise UserError(f'--resume: no checkpoint in {self._root_dir}; run without '
                       '--resume to start fresh')
-    try:
-      state = asyncio.run(self._manager.load(round_num, template))
-    except Exception as e:  # pylint: disable=broad-except
+    errors = []
+    for round_num in reversed(rounds):
       path = os.path.join(self._root_dir, f'{_PREFIX}{round_num}')
-      raise UserError(
-          f'--resume: checkpoint {path} cannot be loaded into this config '
-          f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); use the '
-          'flags of the original run or a new --output_dir') from None
-    return state, round_num
+      try:
+        state = asyncio.run(self._manager.load(round_num, template))
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(f'{path} ({type(e).__name__}: '
+                      f'{str(e).splitlines()[0][:200] if str(e) else ""})')
+        logging.warning('checkpoint %s does not load (%s); trying the one '
+                        'before it', path, errors[-1])
+        continue
+      if errors:
+        print(f'warning: --resume: skipped {len(errors)} checkpoint(s) that '
+              f'do not load ({"; ".join(errors)}); resuming after round '
+              f'{round_num}', file=sys.stderr, flush=True)
+      return state, round_num
+    raise UserError(
+        f'--resume: no checkpoint in {self._root_dir} loads into this config '
+        f'({"; ".join(errors)}); use the flags of the original run or a new '
+        '--output_dir')

@@ -1,0 +1,100 @@
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl.testing import absltest
+
+from tests import testutil
+from workers import certs
+from workers import identity
+from workers import tls
+
+
+class IdentityTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.ca_dir = self.create_tempdir().full_path
+    certs.write_bundle(self.ca_dir, ['coordinator'])
+    self.ca = certs.load_ca(self.ca_dir)
+    self.node_dir = os.path.join(self.create_tempdir().full_path, 'identity')
+
+  def _start(self, name='edge-0', wait=60.0):
+    return subprocess.Popen(
+        [sys.executable, '-m', 'workers.identity', f'--dir={self.node_dir}',
+         f'--name={name}', '--role=edge-pod',
+         f'--ca={os.path.join(self.ca_dir, "ca.crt")}',
+         f'--wait_seconds={wait}'], cwd=testutil.REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=testutil.REPO_ROOT),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+  def _csr_from(self, process) -> bytes:
+    lines = []
+    for line in process.stdout:
+      lines.append(line)
+      if line.startswith('-----END CERTIFICATE REQUEST'):
+        break
+    text = ''.join(lines)
+    return text[text.index('-----BEGIN'):].encode()
+
+  def test_key_stays_on_the_node_and_the_signed_certificate_completes_it(self):
+    process = self._start()
+    self.addCleanup(lambda: process.poll() is None and process.kill())
+    csr = self._csr_from(process)  # What the operator reads (kubectl logs).
+    key_path = os.path.join(self.node_dir, 'edge-0.key')
+    self.assertEqual(stat.S_IMODE(os.stat(key_path).st_mode), 0o600)
+    self.assertNotIn(b'PRIVATE KEY', csr)
+    time.sleep(1)
+    self.assertIsNone(process.poll())  # Waits for its certificate.
+    cert = certs.sign_csr(self.ca, csr, 'edge-0', 'edge-pod')
+    path = os.path.join(self.node_dir, 'edge-0.crt')
+    with open(path + '.tmp', 'wb') as f:
+      f.write(cert.public_bytes(certs.serialization.Encoding.PEM))
+    os.replace(path + '.tmp', path)
+    out, err = process.communicate(timeout=30)
+    self.assertEqual(process.returncode, 0, err)
+    self.assertIn('is ready', out)
+    files = tls.TlsFiles(os.path.join(self.ca_dir, 'ca.crt'), path, key_path)
+    self.assertEqual(files.validate().identity(), ('edge-pod', 'edge-0'))
+    # A restart keeps the key and is ready at once.
+    with open(key_path, 'rb') as f:
+      key = f.read()
+    again = self._start(wait=0)
+    out, _ = again.communicate(timeout=60)
+    self.assertEqual(again.returncode, 0)
+    with open(key_path, 'rb') as f:
+      self.assertEqual(f.read(), key)
+
+  def test_a_certificate_for_another_name_or_role_does_not_complete_it(self):
+    key_dir = self.node_dir
+    certs.make_node_csr(key_dir, 'edge-0', 'edge-pod')
+    other = certs.issue_node_cert(self.ca, 'edge-1')
+    with open(os.path.join(key_dir, 'edge-0.crt'), 'wb') as f:
+      f.write(other.cert_pem())
+    why = identity.problem(key_dir, 'edge-0', 'edge-pod',
+                           os.path.join(self.ca_dir, 'ca.crt'))
+    self.assertIn('not the key of', why)
+    process = self._start(wait=3)
+    _, err = process.communicate(timeout=60)
+    self.assertEqual(process.returncode, 1)
+    self.assertIn('k8s/sign_csrs.sh', err)
+
+  def test_signer_refuses_a_csr_asking_for_another_name_or_role(self):
+    _, csr_path = certs.make_node_csr(self.node_dir, 'edge-0', 'edge-pod')
+    with open(csr_path, 'rb') as f:
+      csr = f.read()
+    with self.assertRaisesRegex(certs.CertError, "is for 'edge-0', not"):
+      certs.sign_csr(self.ca, csr, 'edge-server-0', 'edge-server')
+    with self.assertRaisesRegex(certs.CertError, 'asks for role'):
+      certs.sign_csr(self.ca, csr, 'edge-0', 'coordinator')
+    _, csr_path = certs.make_node_csr(self.node_dir, 'edge-2', 'coordinator')
+    with open(csr_path, 'rb') as f:
+      with self.assertRaisesRegex(certs.CertError, 'asks for role'):
+        certs.sign_csr(self.ca, f.read(), 'edge-2', 'edge-pod')
+
+
+if __name__ == '__main__':
+  absltest.main()
