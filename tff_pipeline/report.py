@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from absl import app
 
 from tff_pipeline.learning import metrics_io
+from data_prep import entry_point
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], output_dir: str) -> list[str]:
@@ -63,4 +63,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  entry_point.run(main)
