@@ -27,8 +27,7 @@
 #   printf 'data_args: {dataset: fashion_mnist, partition_method: homo}\n'\
 #   'model_args: {model: 2nn}\ntrain_args: {client_num_in_total: 4,'\
 #   ' client_num_per_round: 2, comm_round: 2}\n'\
-#   'validation_args: {frequency_of_the_test: 0}\n'\
-#   'tracking_args: {progress: false}\n' > /tmp/tiny.yaml
+#   'validation_args: {frequency_of_the_test: 0}\n' > /tmp/tiny.yaml
 #   k8s/e2e_podman.sh --pods=2 --edge-servers=1 --train-config=/tmp/tiny.yaml
 set -euo pipefail
 

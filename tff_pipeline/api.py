@@ -153,8 +153,7 @@ def run(config: TrainConfig,
     bar = progress_lib.Progress(config.rounds, first_round,
                                 enabled=config.progress)
     privacy_row = plan.privacy_annotator(config, len(client_ids))
-    hooks = [lambda row: bar.update(row['round'], row['train'],
-                                    row.get('eval'))]
+    hooks = [bar.update]
     if on_round is not None:
       hooks.append(on_round)
     try:
