@@ -27,10 +27,12 @@ def format_seconds(seconds: float) -> str:
 
 
 def _metrics(values: Mapping[str, Any], skip: tuple[str, ...] = ()) -> str:
-  return '  '.join(f'{_SHORT.get(name, name)} {value:.4f}'
-                   for name, value in values.items()
+  """'loss 0.5000  acc 0.8000 ...': the loss first, then the rest."""
+  names = sorted(values, key=lambda name: name != 'loss')
+  return '  '.join(f'{_SHORT.get(name, name)} {values[name]:.4f}'
+                   for name in names
                    if name not in _NOT_SHOWN + skip
-                   and isinstance(value, (int, float)))
+                   and isinstance(values[name], (int, float)))
 
 
 class Progress:

@@ -24,7 +24,7 @@ class ProgressTest(absltest.TestCase):
     stream = io.StringIO()
     bar = progress.Progress(total_rounds=3, stream=stream)
     bar.update({'round': 1, 'round_seconds': 2.04,
-                'train': {'loss': 1.5, 'accuracy': 0.25, 'num_examples': 40}})
+                'train': {'accuracy': 0.25, 'loss': 1.5, 'num_examples': 40}})
     bar.update({'round': 2, 'round_seconds': 1.5, 'eval_seconds': 0.5,
                 'train': {'loss': 1.0, 'accuracy': 0.5},
                 'eval': {'loss': 0.9, 'accuracy': 0.6}})
