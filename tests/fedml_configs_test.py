@@ -204,6 +204,24 @@ class FedmlConfigsTest(absltest.TestCase):
                      epsilons)
     self.assertNotEmpty(glob.glob(os.path.join(out, 'tensorboard', 'events*')))
 
+  def test_report_plots_each_run_and_compares_them(self):
+    outs = {name: self._run(name)[0] for name in self.results}
+    compare = os.path.join(self.tmp, 'comparison')
+    result = testutil.run_module('tff_pipeline.report', *outs.values(),
+                                 f'--out_dir={compare}', timeout=_TIMEOUT)
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    written = set(result.stdout.split())
+    for name, out in outs.items():
+      for plot in ('accuracy', 'loss', 'round_seconds'):
+        self.assertIn(os.path.join(out, f'{plot}.png'), written)
+      self.assertEqual(os.path.join(out, 'epsilon.png') in written,
+                       name == 'central_dp', name)
+    for plot in ('accuracy', 'loss', 'round_seconds', 'epsilon'):
+      path = os.path.join(compare, f'compare_{plot}.png')
+      self.assertIn(path, written)
+      with open(path, 'rb') as f:
+        self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
+
 
 class FedmlConfigErrorsTest(absltest.TestCase):
 
