@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Protocol
 
+from data_prep.errors import UserError
 from tff_pipeline.learning import metrics_io
 
 MLFLOW_DIR = 'mlruns'
@@ -176,12 +177,18 @@ def build(names: Sequence[str], output_dir: str, params: Mapping[str, Any],
   """
   run_name = run_name or os.path.basename(os.path.normpath(output_dir))
   trackers: list[Tracker] = []
-  if 'mlflow' in names:
-    trackers.append(MlflowTracker(output_dir, project, run_name, params,
-                                  resume))
-  if 'wandb' in names:
-    trackers.append(WandbTracker(output_dir, project, run_name, params,
-                                 resume))
+  kinds = (('mlflow', MlflowTracker, 'mlflow-skinny'),
+           ('wandb', WandbTracker, 'wandb'))
+  for name, kind, package in kinds:
+    if name not in names:
+      continue
+    try:
+      trackers.append(kind(output_dir, project, run_name, params, resume))
+    except ImportError as e:
+      Trackers(trackers).close(failed=True)
+      raise UserError(f'--tracking={name} needs the {package} package ({e}); '
+                      'install requirements.txt (./setup.sh) or drop '
+                      f'{name} from --tracking') from None
   return Trackers(trackers)
 
 

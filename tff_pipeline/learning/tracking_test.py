@@ -3,10 +3,13 @@
 import glob
 import json
 import os
+import sys
 import time
+from unittest import mock
 
 from absl.testing import absltest
 
+from data_prep.errors import UserError
 from tff_pipeline.learning import tracking
 
 
@@ -120,6 +123,13 @@ class TrackingTest(absltest.TestCase):
     steps = [h['_step'] for path in run_files
              for h in tracking.read_wandb_offline_run(path)['history']]
     self.assertEqual(steps, [1, 2, 3])
+
+  def test_a_missing_package_is_a_user_error(self):
+    # As if wandb were not installed: importing it fails.
+    with mock.patch.dict(sys.modules, {'wandb': None}):
+      with self.assertRaisesRegex(UserError, '--tracking=wandb needs the '
+                                  'wandb package'):
+        tracking.build(['wandb'], self.out, {}, 'p', 'n', False)
 
   def test_nothing_for_tensorboard_alone(self):
     trackers = tracking.build(['tensorboard'], self.out, {}, 'p', 'n', False)
