@@ -369,6 +369,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
       raise UserError(f'{where}: expected a number, got {value!r}') from None
   if value is None:
     return ''
+  if name == 'tracking' and isinstance(value, list):  # YAML [mlflow, wandb]
+    value = ','.join(str(v) for v in value)
   if not isinstance(value, (str, int, float)):
     raise UserError(f'{where}: expected a string, got {value!r}')
   text = str(value)

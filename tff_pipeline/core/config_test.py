@@ -152,6 +152,9 @@ class ConfigTest(absltest.TestCase):
     with self.assertRaisesRegex(UserError, r"--tracking has 'mlfow' \(did you "
                                 r"mean 'mlflow'\?\)"):
       plan.resolve_config({}, {'tracking': 'tensorboard,mlfow'})
+    path = self._write('tracking_args:\n  tracking: [mlflow, wandb]\n')
+    self.assertEqual(config_lib.parse_yaml(path).values,
+                     {'tracking': 'mlflow,wandb'})
 
   def test_wrong_type(self):
     with self.assertRaisesRegex(UserError, 'comm_round: expected an integer'):
