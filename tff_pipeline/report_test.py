@@ -117,6 +117,29 @@ class ReportTest(absltest.TestCase):
       self.assertEqual(data[:8], _PNG, path)
       self.assertGreater(len(data), 5000, path)
 
+  def test_a_real_distributed_runs_files(self):
+    run_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           'testdata', 'remote_run')
+    rows = metrics_io.read_metrics(run_dir)
+    self.assertLen(rows, 5)
+    plots = report.run_series(rows)
+    self.assertEqual(set(plots), {'loss', 'accuracy', 'round_seconds',
+                                  'failures', 'bytes'})
+    self.assertEqual(plots['failures'],
+                     {'pods or edge servers': ([1, 2, 3, 4, 5], [0.0] * 5)})
+    self.assertEqual(plots['bytes']['coordinator sent'],
+                     ([1, 2, 3, 4, 5],
+                      [r['network']['coordinator_bytes_sent'] / 1e6
+                       for r in rows]))
+    self.assertEqual(plots['accuracy']['eval (held-out)'],
+                     ([5], [rows[4]['eval']['accuracy']]))
+    out = self._dir()
+    paths = report.draw(plots, out)
+    self.assertLen(paths, 5)
+    for path in paths:
+      with open(path, 'rb') as f:
+        self.assertEqual(f.read(8), _PNG)
+
   def test_cli_on_an_empty_folder_is_a_clear_error(self):
     result = testutil.run_module('tff_pipeline.report', self._dir(),
                                  timeout=120)
