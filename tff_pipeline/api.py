@@ -153,13 +153,13 @@ def run(config: TrainConfig,
       first_round = last_round + 1
     trackers_wanted = config_lib.tracker_names(config.tracking)
     params = config_lib.to_dict(config)
+    trackers = tracking.build(trackers_wanted, config.output_dir, params,
+                              config.wandb_project, config.wandb_name,
+                              config.resume)
     writer = metrics_io.MetricsWriter(
         config.output_dir,
         keep_through_round=first_round - 1 if config.resume else None,
         tensorboard='tensorboard' in trackers_wanted, params=params)
-    trackers = tracking.build(trackers_wanted, config.output_dir, params,
-                              config.wandb_project, config.wandb_name,
-                              config.resume)
     bar = progress_lib.Progress(config.rounds, first_round,
                                 enabled=config.progress)
     privacy_row = plan.privacy_annotator(config, len(client_ids))
