@@ -8,10 +8,9 @@ Usage:
 --data_dir may also hold plain MNIST-named idx files (loaded as 10 classes).
 """
 
-from absl import app
-
 from data_prep import cli
+from data_prep import entry_point
 
 if __name__ == "__main__":
   cli.define_flags("emnist")
-  app.run(cli.make_main("emnist"))
+  entry_point.run(cli.make_main("emnist"))

@@ -6,10 +6,9 @@ Usage:
       [--partition=dirichlet] [--partition_alpha=0.5] [--seed=0]
 """
 
-from absl import app
-
 from data_prep import cli
+from data_prep import entry_point
 
 if __name__ == "__main__":
   cli.define_flags("fashion_mnist")
-  app.run(cli.make_main("fashion_mnist"))
+  entry_point.run(cli.make_main("fashion_mnist"))

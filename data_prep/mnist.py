@@ -6,10 +6,9 @@ Usage:
       [--seed=0]
 """
 
-from absl import app
-
 from data_prep import cli
+from data_prep import entry_point
 
 if __name__ == "__main__":
   cli.define_flags("mnist")
-  app.run(cli.make_main("mnist"))
+  entry_point.run(cli.make_main("mnist"))

@@ -42,7 +42,6 @@ import math
 import os
 import statistics
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
@@ -50,6 +49,7 @@ import numpy as np
 # cli must stay the first data_prep import: it quiets TF's import-time
 # logging before shards imports TensorFlow.
 from data_prep import cli
+from data_prep import entry_point
 from data_prep import errors
 from data_prep import shards
 
@@ -471,4 +471,4 @@ def summary(manifest: shards.Manifest, seconds: float) -> str:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(make_main())
+  entry_point.run(make_main())

@@ -62,12 +62,12 @@ import re
 import statistics
 from typing import Callable, Iterable, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 
 from data_prep import cli
+from data_prep import entry_point
 from data_prep import errors
 from data_prep import shards
 
@@ -813,4 +813,4 @@ def make_main(flag_values: flags.FlagValues = flags.FLAGS
 
 if __name__ == "__main__":
   define_flags()
-  app.run(make_main())
+  entry_point.run(make_main())

@@ -84,7 +84,6 @@ import tempfile
 from typing import Iterable, Iterator
 import zlib
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
@@ -92,6 +91,7 @@ import numpy as np
 # cli must stay the first data_prep import: it quiets TF's import-time
 # logging before shards imports TensorFlow.
 from data_prep import cli
+from data_prep import entry_point
 from data_prep import errors
 from data_prep import shards
 
@@ -869,4 +869,4 @@ def summary(manifest: shards.Manifest, seconds: float) -> str:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(make_main())
+  entry_point.run(make_main())

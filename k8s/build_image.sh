@@ -5,9 +5,14 @@
 #   k8s/build_image.sh [--image=localhost/tff-edge:latest] [--wheelhouse=DIR]
 #                      [--fill-wheelhouse] [--rebuild-base] [--base-only]
 #
-# 1. /etc/containers/containers.conf: if missing, written with runtime="runc"
-#    and default_ulimits nofile/nproc 1024 (podman 4.3 on this kind of machine
-#    fails without them: no crun, and the inherited ulimits are too large).
+# 1. Prerequisites (k8s/podman_prereqs.sh): podman, an OCI runtime (crun or
+#    runc, whichever is installed; crun is installed if neither is) and, for
+#    the base image, debootstrap: detected, or installed with apt-get as
+#    root (APT_INSTALL=0: only detected). /etc/containers/containers.conf
+#    (CONTAINERS_CONF): written if missing, with the runtime found and
+#    default_ulimits nofile/nproc 1024 (podman 4.3 fails with the inherited
+#    ones); a containers.conf you wrote is never overwritten: the script
+#    says if it names a runtime that is not installed.
 # 2. The base image BASE (localhost/tff-edge-base:bookworm): debootstrap
 #    --variant=minbase of Debian bookworm with python3.11, python3.11-venv,
 #    nginx, ca-certificates and dataset-fashion-mnist (the demo data), then
@@ -26,6 +31,9 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=k8s/podman_prereqs.sh
+source "$REPO/k8s/podman_prereqs.sh"
+CONTAINERS_CONF=${CONTAINERS_CONF:-/etc/containers/containers.conf}
 IMAGE=${IMAGE:-localhost/tff-edge:latest}
 BASE=${BASE:-localhost/tff-edge-base:bookworm}
 CACHE_DIR=${CACHE_DIR:-/var/tmp/tff-edge-build}
@@ -53,24 +61,13 @@ done
 log() { printf '[build_image] %s\n' "$*" >&2; }
 die() { printf '[build_image] error: %s\n' "$*" >&2; exit 1; }
 
-command -v podman >/dev/null ||
-  die "podman is not installed: apt-get install -y podman runc debootstrap"
 [[ $(id -u) -eq 0 ]] || die "run as root (debootstrap and rootful podman)"
 
-# 1. podman's runtime settings.
-if [[ ! -f /etc/containers/containers.conf ]]; then
-  log "writing /etc/containers/containers.conf (runtime=runc, ulimits 1024)"
-  mkdir -p /etc/containers
-  cat > /etc/containers/containers.conf <<'EOF'
-# Written by k8s/build_image.sh: podman 4.3 here needs runc (crun is not
-# installed) and explicit ulimits (the inherited ones are too large for it).
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
-
-[engine]
-runtime = "runc"
-EOF
-fi
+# 1. Prerequisites and podman's runtime settings.
+ensure_command podman podman
+runtime=$(ensure_oci_runtime)
+log "podman $(podman --version | awk '{print $NF}'), OCI runtime $runtime"
+write_containers_conf "$CONTAINERS_CONF" "$runtime"
 
 mkdir -p "$CACHE_DIR"
 
@@ -78,8 +75,7 @@ mkdir -p "$CACHE_DIR"
 if [[ $REBUILD_BASE == 1 ]] || ! podman image exists "$BASE"; then
   tarball=$CACHE_DIR/bookworm-base.tar
   if [[ $REBUILD_BASE == 1 || ! -s $tarball ]]; then
-    command -v debootstrap >/dev/null ||
-      die "debootstrap is not installed: apt-get install -y debootstrap"
+    ensure_command debootstrap debootstrap
     root=$(mktemp -d "$CACHE_DIR/rootfs.XXXXXX")
     trap 'rm -rf "$root"' EXIT
     log "debootstrap bookworm ($DEBIAN_PACKAGES) into $root"

@@ -25,14 +25,14 @@
 # 5. Tears everything down on exit, success or not (trap): pods, volumes,
 #    the network. --keep leaves them for inspection.
 #
-# Needs root, podman 4.3+ (k8s/build_image.sh sets up containers.conf),
-# kubectl (kustomize) and the image from k8s/build_image.sh.
+# Needs root, kubectl (kustomize) and the image from k8s/build_image.sh;
+# podman and its OCI runtime are detected or installed, and containers.conf
+# checked, as k8s/build_image.sh does (k8s/podman_prereqs.sh).
 # Example smoke test (2 pods, 1 edge server, 2 rounds of the 2NN):
 #   printf 'data_args: {dataset: fashion_mnist, partition_method: homo}\n'\
 #   'model_args: {model: 2nn}\ntrain_args: {client_num_in_total: 4,'\
 #   ' client_num_per_round: 2, comm_round: 2}\n'\
-#   'validation_args: {frequency_of_the_test: 0}\n'\
-#   'tracking_args: {progress: false}\n' > /tmp/tiny.yaml
+#   'validation_args: {frequency_of_the_test: 0}\n' > /tmp/tiny.yaml
 #   k8s/e2e_podman.sh --pods=2 --edge-servers=1 --train-config=/tmp/tiny.yaml
 set -euo pipefail
 
@@ -66,9 +66,13 @@ done
 log() { printf '[e2e_podman %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[e2e_podman] FAILED: %s\n' "$*" >&2; exit 1; }
 
-command -v podman >/dev/null || die "podman is not installed (apt-get install -y podman runc)"
 command -v kubectl >/dev/null || die "kubectl is not installed (renders the overlay)"
 [[ $(id -u) -eq 0 ]] || die "run as root (podman networks with DNS between pods)"
+# shellcheck source=k8s/podman_prereqs.sh
+source "$K8S/podman_prereqs.sh"
+ensure_command podman podman
+write_containers_conf "${CONTAINERS_CONF:-/etc/containers/containers.conf}" \
+  "$(ensure_oci_runtime)"
 podman image exists "$IMAGE" || die "no image $IMAGE: run k8s/build_image.sh"
 OUT=${OUT:-$PWD/e2e-run-$(date +%Y%m%d-%H%M%S)}
 

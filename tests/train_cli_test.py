@@ -74,9 +74,9 @@ tracking_args:
   enable_wandb: false
 """
 # Deployment keys of FEDML_YAML that the warning must name.
+# (enable_wandb: false is honoured, not ignored: no W&B run.)
 _IGNORED_KEYS = ('common_args.training_type', 'device_args.using_gpu',
-                 'device_args.gpu_mapping_file', 'comm_args.backend',
-                 'tracking_args.enable_wandb')
+                 'device_args.gpu_mapping_file', 'comm_args.backend')
 
 
 def _rows(output_dir: str) -> list[dict]:
@@ -291,7 +291,7 @@ class TrainCliTest(absltest.TestCase):
       self.assertIn(key, warnings[0])
     # Keys that were used are not reported as ignored.
     for key in ('comm_round', 'client_num_in_total', 'partition_method',
-                'learning_rate', 'random_seed'):
+                'learning_rate', 'random_seed', 'enable_wandb'):
       self.assertNotIn(key, warnings[0])
 
     config = _summary(from_yaml)['config']

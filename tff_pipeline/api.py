@@ -31,14 +31,17 @@ from tff_pipeline.learning import checkpoint
 from tff_pipeline.learning import loop
 from tff_pipeline.learning import metrics_io
 from tff_pipeline.learning import progress as progress_lib
+from tff_pipeline.learning import tracking
 from tff_pipeline.tasks import base as task_base
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
+MODEL_DIR = 'model'  # The exported model; tracked as an artifact.
 # Flags that may change between a run and its resumption.
 _RESUMABLE_CHANGES = frozenset(
     {'resume', 'progress', 'rounds', 'eval_every', 'eval_batch_size',
-     'keep_checkpoints', 'output_dir', 'metrics_port',
+     'keep_checkpoints', 'output_dir', 'metrics_port', 'tracking',
+     'wandb_project', 'wandb_name',
      # Where rounds run does not change their result.
      'executor', 'topology', 'tls_dir', 'insecure', 'round_timeout',
      'round_retries'})
@@ -132,6 +135,7 @@ def run(config: TrainConfig,
   wall_start = time.monotonic()
   _check_output_dir(config)
   run_setup = plan.setup(config)
+  trackers = tracking.Trackers([])
   try:
     task = run_setup.task
     client_ids = _check_population(config, task)
@@ -148,14 +152,19 @@ def run(config: TrainConfig,
     if config.resume:
       state, last_round = checkpoints.load_latest(state)
       first_round = last_round + 1
+    trackers_wanted = config_lib.tracker_names(config.tracking)
+    params = config_lib.to_dict(config)
+    trackers = tracking.build(trackers_wanted, config.output_dir, params,
+                              config.wandb_project, config.wandb_name,
+                              config.resume)
     writer = metrics_io.MetricsWriter(
         config.output_dir,
-        keep_through_round=first_round - 1 if config.resume else None)
+        keep_through_round=first_round - 1 if config.resume else None,
+        tensorboard='tensorboard' in trackers_wanted, params=params)
     bar = progress_lib.Progress(config.rounds, first_round,
                                 enabled=config.progress)
     privacy_row = plan.privacy_annotator(config, len(client_ids))
-    hooks = [lambda row: bar.update(row['round'], row['train'],
-                                    row.get('eval'))]
+    hooks = [bar.update, trackers.log_round]
     if on_round is not None:
       hooks.append(on_round)
     try:
@@ -188,9 +197,15 @@ def run(config: TrainConfig,
     }
     if privacy_row is not None:
       summary['privacy'] = privacy_row.ledger.after(config.rounds)
-    metrics_io.write_summary(config.output_dir, summary)
+    summary_path = metrics_io.write_summary(config.output_dir, summary)
+    # Last: the exported model (<output_dir>/model) goes in as an artifact.
+    trackers.close(artifacts=[os.path.join(config.output_dir, MODEL_DIR),
+                              summary_path])
     return RunResult(state=result.state, rows=result.rows, summary=summary,
                      task=task, weights=process.get_model_weights(result.state))
+  except BaseException:
+    trackers.close(failed=True)  # Marks the MLflow and W&B runs failed.
+    raise
   finally:
     # Only now: the evaluation above may still run on the cluster.
     run_setup.close()

@@ -22,8 +22,10 @@ def define() -> None:
   flags.DEFINE_string(
       'config', None,
       'FedML-style YAML config (sections common_args, data_args, model_args, '
-      'train_args, validation_args, device_args, comm_args, tracking_args); '
-      'flags override it.')
+      'train_args, validation_args, device_args, comm_args, tracking_args, '
+      'and FedML\'s environment_args, secure_aggregation_args, lsa_args, '
+      'dp_args, ...); a FedML fedml_config.yaml runs as it is. Flags '
+      'override it.')
   for name, field in config_lib.OPTION_FIELDS.items():
     meta = field.metadata
     help_text = meta['help']

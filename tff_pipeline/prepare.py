@@ -26,6 +26,7 @@ from absl import app
 from absl import flags
 import tensorflow as tf  # pylint: disable=unused-import  (before app.run)
 
+from data_prep import entry_point
 from data_prep import shards
 from data_prep.errors import UserError
 from tff_pipeline import config_flags
@@ -58,4 +59,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  entry_point.run(main)

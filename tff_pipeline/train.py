@@ -21,6 +21,7 @@ from absl import logging
 # model must be the output of a TensorFlow `Layer`").
 import tensorflow as tf  # pylint: disable=unused-import
 
+from data_prep import entry_point
 from data_prep.errors import UserError
 from tff_pipeline import api
 from tff_pipeline import config_flags
@@ -73,4 +74,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  entry_point.run(main)

@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -52,6 +54,25 @@ class TrainFlagsTest(absltest.TestCase):
                       config.clients_per_round, config.algorithm),
                      ('fashion_mnist', 'cnn', 100, 'dirichlet', 0.5, 10,
                       'fedavg'))
+
+  def test_ignored_fedml_keys_are_one_warning_printed_once(self):
+    path = os.path.join(self._dir, 'fedml_config.yaml')
+    with open(path, 'w') as f:
+      f.write('common_args:\n  training_type: cross_silo\n'
+              'device_args:\n  using_gpu: false\n'
+              'comm_args:\n  backend: MQTT_S3\n'
+              '  grpc_ipconfig_path: config/grpc_ipconfig.csv\n')
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+      config = self._parse(f'--config={path}', f'--output_dir={self._dir}/o')
+    lines = stderr.getvalue().splitlines()
+    self.assertLen(lines, 1, stderr.getvalue())
+    self.assertStartsWith(lines[0], 'warning: ignoring FedML keys')
+    for key in ('common_args.training_type', 'device_args.using_gpu',
+                'comm_args.backend', 'comm_args.grpc_ipconfig_path'):
+      self.assertEqual(lines[0].count(key), 1, key)
+    # FedML's gRPC ip list is no topology of ours.
+    self.assertEqual(config.topology, '')
 
 
 if __name__ == '__main__':

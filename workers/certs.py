@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.oid import NameOID
 
+from data_prep import entry_point
 from data_prep.errors import UserError
 from workers import tls
 
@@ -662,4 +663,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == '__main__':
   define_command_flags()
-  app.run(main)
+  entry_point.run(main)

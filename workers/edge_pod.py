@@ -52,6 +52,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from data_prep import entry_point
 from data_prep import manifest as manifest_lib
 from data_prep.errors import DataPrepError
 from data_prep.errors import UserError
@@ -312,4 +313,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == '__main__':
   logging.set_stderrthreshold('info')
-  app.run(main)
+  entry_point.run(main)

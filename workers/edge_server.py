@@ -51,6 +51,7 @@ from absl import logging
 import grpc
 from tensorflow_federated.proto.v0 import executor_pb2
 
+from data_prep import entry_point
 from data_prep.errors import UserError
 from workers import cpu_slots
 from workers import executor_client
@@ -456,4 +457,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == '__main__':
   logging.set_stderrthreshold('info')
-  app.run(main)
+  entry_point.run(main)

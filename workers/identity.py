@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 from cryptography import x509
 
+from data_prep import entry_point
 from workers import certs
 from workers import tls
 
@@ -120,4 +121,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  entry_point.run(main)

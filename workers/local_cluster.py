@@ -31,11 +31,11 @@ from typing import Optional
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 # pylint: disable=g-import-not-at-top
-from absl import app
 from absl import flags
 from absl import logging
 import portpicker
 
+from data_prep import entry_point
 from data_prep import shards
 from data_prep.errors import UserError
 from workers import certs
@@ -352,11 +352,6 @@ def main(argv: list[str]) -> int:
   return 0
 
 
-def parse_own_flags(argv: list[str]) -> list[str]:
-  """Parses this program's flags; returns the rest (for tff_pipeline.prepare)."""
-  return flags.FLAGS(argv, known_only=True)
-
-
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=parse_own_flags)
+  entry_point.run(main, known_only=True)

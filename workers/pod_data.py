@@ -36,9 +36,9 @@ from typing import Any, Optional
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 # pylint: disable=g-import-not-at-top
-from absl import app
 from absl import flags
 
+from data_prep import entry_point
 from data_prep import shards
 from data_prep.errors import UserError
 from workers import placement
@@ -207,4 +207,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=lambda argv: flags.FLAGS(argv, known_only=True))
+  entry_point.run(main, known_only=True)

@@ -37,6 +37,7 @@ from absl import app
 from absl import flags
 import grpc
 
+from data_prep import entry_point
 from data_prep.errors import UserError
 from workers import tls as tls_lib
 from workers import topology as topology_lib
@@ -246,4 +247,4 @@ def main(argv: Sequence[str]) -> int:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  entry_point.run(main)

@@ -20,6 +20,7 @@ import yaml
 
 from data_prep.errors import UserError
 from data_prep.errors import did_you_mean
+from tff_pipeline.core import fedml
 
 SECTIONS = (
     'common_args',
@@ -40,6 +41,7 @@ PARTITIONS = ('iid', 'dirichlet', 'natural')
 ALGORITHMS = ('fedavg', 'fedprox')
 EXECUTORS = ('local', 'remote')
 CLIENT_SAMPLINGS = ('auto', 'uniform', 'poisson')
+TRACKERS = ('tensorboard', 'mlflow', 'wandb')
 
 
 def _opt(
@@ -77,6 +79,20 @@ def _at_least(lower: float) -> Callable[[Any], Optional[str]]:
 
 def _positive(v: Any) -> Optional[str]:
   return None if v > 0 else f'must be > 0, got {v}'
+
+
+def tracker_names(value: str) -> list[str]:
+  """--tracking as a list ('none' or empty: no tracker)."""
+  names = [n.strip().lower() for n in value.split(',') if n.strip()]
+  return [] if names == ['none'] else names
+
+
+def _trackers(value: str) -> Optional[str]:
+  for name in tracker_names(value):
+    if name not in TRACKERS:
+      return (f'has {name!r}{did_you_mean(name, TRACKERS)}; give a '
+              f'comma-separated subset of {", ".join(TRACKERS)}, or none')
+  return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +233,8 @@ class TrainConfig:
       'always after the last round); 0 evaluates only after the last round.',
       fedml=('validation_args.frequency_of_the_test',), check=_at_least(0))
   eval_batch_size: int = _opt(500, 'validation_args',
-                              'Batch size for evaluation.', check=_at_least(1))
+                              'Batch size for evaluation.', check=_at_least(1),
+                              fedml=('train_args.eval_batch_size',))
   # device_args
   executor: str = _opt('local', 'device_args',
                        'Where client work runs: local (the TFF C++ runtime in '
@@ -227,8 +244,7 @@ class TrainConfig:
   topology: str = _opt(
       '', 'device_args',
       'With --executor=remote: the topology YAML (edge servers, their pods, '
-      'eval_data); `python -m workers.local_cluster` writes one.',
-      fedml=('comm_args.grpc_ipconfig_path',))
+      'eval_data); `python -m workers.local_cluster` writes one.')
   tls_dir: str = _opt(
       '', 'comm_args',
       'With --executor=remote: folder with ca.crt, coordinator.crt and '
@@ -260,8 +276,25 @@ class TrainConfig:
   keep_checkpoints: int = _opt(3, 'tracking_args',
                                'How many round checkpoints to keep.',
                                check=_at_least(1))
-  progress: bool = _opt(True, 'tracking_args',
-                        'Show a live progress line on the terminal.')
+  progress: bool = _opt(
+      True, 'tracking_args',
+      'One line per round (round, loss, accuracy, epsilon, failures, '
+      'seconds): rewritten in place on a terminal, appended otherwise (logs, '
+      '`kubectl logs -f`); false: none.')
+  tracking: str = _opt(
+      'tensorboard', 'tracking_args',
+      'Where params, per-round metrics and the exported model go besides '
+      'metrics.jsonl, comma-separated: tensorboard (<output_dir>/tensorboard), '
+      'mlflow (a local file store, <output_dir>/mlruns), wandb (an offline '
+      'run, <output_dir>/wandb); none for none. FedML: '
+      'tracking_args.enable_wandb adds wandb.', check=_trackers)
+  wandb_project: str = _opt(
+      'tff_pipeline', 'tracking_args', 'W&B project of the offline run.',
+      fedml=('tracking_args.wandb_project',))
+  wandb_name: str = _opt(
+      '', 'tracking_args',
+      "W&B run name (empty: the --output_dir folder's name).",
+      fedml=('tracking_args.wandb_name', 'tracking_args.run_name'))
   metrics_port: int = _opt(
       0, 'tracking_args',
       'Serve Prometheus /metrics on this port while training (round, eval '
@@ -281,41 +314,10 @@ _FEDML_VALUES: dict[str, dict[str, str]] = {
              'stackoverflow_lr': 'stackoverflow_tag',
              'movielens_100k': 'movielens', 'ml-100k': 'movielens'},
     'partition': {'hetero': 'dirichlet', 'homo': 'iid'},
-    'algorithm': {'fedopt': 'fedavg'},
+    # LSA / SA: FedAvg under secure aggregation (see fedml.translate).
+    'algorithm': {'fedopt': 'fedavg', 'fedavg_seq': 'fedavg',
+                  'fedopt_seq': 'fedavg', 'lsa': 'fedavg', 'sa': 'fedavg'},
 }
-
-# FedML keys about its own deployment: ignored, with what replaces them here.
-_IGNORED_FEDML_KEYS: dict[str, str] = {
-    'common_args.training_type': '--executor (local or remote)',
-    'common_args.scenario': '--executor',
-    'common_args.using_mlops': 'metrics.jsonl and TensorBoard in --output_dir',
-    'common_args.config_version': 'nothing (one config format)',
-    'data_args.data_file_path': '--data_dir',
-    'train_args.client_id_list': 'seeded sampling (--seed)',
-    'train_args.sleep_time_max': 'nothing',
-    'train_args.ci': 'nothing',
-    'device_args.worker_num': 'executor pods in the topology',
-    'device_args.using_gpu': 'nothing (TensorFlow picks devices)',
-    'device_args.gpu_mapping_file': 'nothing (TensorFlow picks devices)',
-    'device_args.gpu_mapping_key': 'nothing (TensorFlow picks devices)',
-    'device_args.gpu_id': 'nothing (TensorFlow picks devices)',
-    'device_args.device_type': 'nothing (TensorFlow picks devices)',
-    'device_args.process_num': 'executor pods in the topology',
-    'comm_args.backend': 'TFF gRPC executors (--executor)',
-    'comm_args.is_mobile': 'nothing',
-    'comm_args.mqtt_config_path': 'TFF gRPC executors (--executor)',
-    'comm_args.s3_config_path': 'TFF gRPC executors (--executor)',
-    'comm_args.trpc_master_config_path': 'the topology file',
-    'tracking_args.log_file_dir': '--output_dir',
-    'tracking_args.enable_tracking': 'metrics.jsonl and TensorBoard',
-    'tracking_args.log_server_url': 'metrics.jsonl and TensorBoard',
-    'tracking_args.enable_wandb': 'TensorBoard event files in --output_dir',
-}
-_IGNORED_PREFIXES: dict[str, str] = {
-    'wandb_': 'TensorBoard event files in --output_dir',
-    'mlops_': 'metrics.jsonl and TensorBoard in --output_dir',
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class YamlOverrides:
@@ -328,28 +330,26 @@ class YamlOverrides:
     """One warning naming every ignored FedML key and our equivalent."""
     if not self.ignored:
       return None
-    parts = [f'{k} (use {v})' for k, v in sorted(self.ignored.items())]
-    return ('ignoring FedML deployment keys that do not apply here: ' +
+    by_replacement: dict[str, list[str]] = {}
+    for key, replacement in sorted(self.ignored.items()):
+      by_replacement.setdefault(replacement, []).append(key)
+    parts = [f'{", ".join(keys)} (use {replacement})'
+             for replacement, keys in by_replacement.items()]
+    return ("ignoring FedML keys about FedML's own machinery: " +
             '; '.join(parts))
 
 
-def _ignored_equivalent(section: str, key: str) -> Optional[str]:
-  dotted = f'{section}.{key}'
-  if dotted in _IGNORED_FEDML_KEYS:
-    return _IGNORED_FEDML_KEYS[dotted]
-  for prefix, equivalent in _IGNORED_PREFIXES.items():
-    if key.startswith(prefix):
-      return equivalent
-  return None
-
-
 def _option_for_key(section: str, key: str) -> Optional[str]:
-  """Maps a YAML key in a section to an option name (ours or FedML's)."""
+  """Maps a YAML key to an option name: ours in its section, or FedML's.
+
+  FedML flattens its sections (a key means the same in any of them), so a
+  FedML key name is taken in any section; ours belong in their own.
+  """
   field = OPTION_FIELDS.get(key)
   if field is not None and field.metadata['section'] == section:
     return key
   for name, f in OPTION_FIELDS.items():
-    if f'{section}.{key}' in f.metadata['fedml']:
+    if any(alias.split('.', 1)[1] == key for alias in f.metadata['fedml']):
       return name
   return None
 
@@ -380,6 +380,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
       raise UserError(f'{where}: expected a number, got {value!r}') from None
   if value is None:
     return ''
+  if name == 'tracking' and isinstance(value, list):  # YAML [mlflow, wandb]
+    value = ','.join(str(v) for v in value)
   if not isinstance(value, (str, int, float)):
     raise UserError(f'{where}: expected a string, got {value!r}')
   text = str(value)
@@ -399,11 +401,13 @@ def parse_yaml(path: str) -> YamlOverrides:
     path: The YAML file.
 
   Returns:
-    The values it sets and the FedML deployment keys it ignores.
+    The values it sets (FedML's privacy and tracking intent included, see
+    `fedml.translate`) and the FedML machinery keys it ignores.
 
   Raises:
     UserError: The file is missing or not YAML, or has an unknown section or
-      key, or a value of the wrong type.
+      key, a value of the wrong type, two keys setting one option to
+      different values, or FedML intent we cannot honour.
   """
   try:
     with open(path, encoding='utf-8') as f:
@@ -421,44 +425,62 @@ def parse_yaml(path: str) -> YamlOverrides:
   if not isinstance(raw, Mapping):
     raise UserError(f'config file {path} must be a mapping of sections '
                     f'({", ".join(SECTIONS)})')
-  values: dict[str, Any] = {}
-  ignored: dict[str, str] = {}
-  origin: dict[str, str] = {}
+  known_sections = SECTIONS + fedml.SECTIONS
   for section, entries in raw.items():
-    if section not in SECTIONS:
-      hint = did_you_mean(str(section), SECTIONS)
+    if section not in known_sections:
+      hint = did_you_mean(str(section), known_sections)
       raise UserError(f'config file {path}: unknown section {section!r}'
-                      f'{hint}; sections are {", ".join(SECTIONS)}')
-    if entries is None:
-      continue
-    if not isinstance(entries, Mapping):
+                      f'{hint}; sections are {", ".join(known_sections)}')
+    if entries is not None and not isinstance(entries, Mapping):
       raise UserError(f'config file {path}: section {section} must be a mapping '
                       'of key: value')
-    for key, value in entries.items():
+  translation = fedml.translate(raw, path)
+  values: dict[str, Any] = {}
+  origin: dict[str, str] = {}
+  ignored: dict[str, str] = dict(translation.ignored)
+
+  def set_option(name: str, value: Any, where: str) -> None:
+    value = _coerce(name, value, f'config file {path}: {where}')
+    if name in values and values[name] != value:
+      raise UserError(
+          f'config file {path}: {where}={value!r} and {origin[name]}='
+          f'{values[name]!r} both set {name}, differently; keep one of them')
+    values.setdefault(name, value)
+    origin.setdefault(name, where)
+
+  for section, entries in raw.items():
+    for key, value in (entries or {}).items():
       key = str(key)
-      where = f'config file {path}: {section}.{key}'
+      where = f'{section}.{key}'
+      if where in translation.claimed:
+        continue
       name = _option_for_key(section, key)
-      if name is None:
-        equivalent = _ignored_equivalent(section, key)
-        if equivalent is not None:
-          ignored[f'{section}.{key}'] = equivalent
-          continue
-        field = OPTION_FIELDS.get(key)
-        if field is not None:
-          raise UserError(f'{where}: {key} belongs in section '
-                          f'{field.metadata["section"]}; move it there')
-        known = [n for n, f in OPTION_FIELDS.items()
-                 if f.metadata['section'] == section]
-        known += [a.split('.', 1)[1] for f in OPTION_FIELDS.values()
-                  for a in f.metadata['fedml'] if a.startswith(section + '.')]
-        hint = did_you_mean(key, known)
-        raise UserError(f'{where}: unknown key{hint}; known keys in {section}: '
-                        f'{", ".join(sorted(set(known)))}')
-      if name in values and origin[name] != key:
-        raise UserError(f'{where}: sets {name} again (already set by '
-                        f'{origin[name]}); keep one of them')
-      values[name] = _coerce(name, value, where)
-      origin[name] = key
+      if name is not None:
+        set_option(name, value, where)
+        continue
+      replacement = fedml.machinery_replacement(key)
+      if replacement is not None:
+        ignored[where] = replacement
+        continue
+      field = OPTION_FIELDS.get(key)
+      if field is not None:
+        raise UserError(f'config file {path}: {where}: {key} belongs in '
+                        f'section {field.metadata["section"]}; move it there')
+      known = [n for n, f in OPTION_FIELDS.items()
+               if f.metadata['section'] == section]
+      known += [a.split('.', 1)[1] for f in OPTION_FIELDS.values()
+                for a in f.metadata['fedml'] if a.startswith(section + '.')]
+      hint = did_you_mean(key, known or list(OPTION_FIELDS))
+      listing = (f'known keys in {section}: {", ".join(sorted(set(known)))}'
+                 if known else f'{section} holds no key we use')
+      raise UserError(f'config file {path}: {where}: unknown key{hint}; '
+                      f'{listing}')
+  for name, setting in translation.settings.items():
+    set_option(name, setting.value, setting.origin)
+  if translation.add_tracking:
+    trackers = tracker_names(values.get('tracking', TrainConfig.tracking))
+    values['tracking'] = ','.join(
+        trackers + [t for t in translation.add_tracking if t not in trackers])
   return YamlOverrides(values=values, ignored=ignored)
 
 

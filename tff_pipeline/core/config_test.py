@@ -84,10 +84,12 @@ class ConfigTest(absltest.TestCase):
     warning = overrides.warning()
     self.assertEqual(warning.count('\n'), 0)
     for key in ('common_args.training_type', 'device_args.gpu_mapping_file',
-                'comm_args.backend', 'tracking_args.wandb_project',
-                'tracking_args.log_file_dir'):
+                'comm_args.backend', 'tracking_args.log_file_dir'):
       self.assertIn(key, warning)
     self.assertIn('--output_dir', warning)
+    # Used (the W&B project), or a switch that is off: not ignored.
+    self.assertNotIn('wandb_project', warning)
+    self.assertNotIn('enable_wandb', warning)
 
   def test_flags_override_yaml(self):
     overrides = config_lib.parse_yaml(self._write(FEDML_CONFIG))
@@ -141,6 +143,19 @@ class ConfigTest(absltest.TestCase):
     with self.assertRaisesRegex(UserError, '--task=cifar10 is not supported'):
       plan.resolve_config(overrides.values, {})
 
+  def test_tracking_is_a_subset_of_the_trackers(self):
+    config = plan.resolve_config({}, {'tracking': 'MLflow,wandb'})
+    self.assertEqual(config_lib.tracker_names(config.tracking),
+                     ['mlflow', 'wandb'])
+    self.assertEqual(config_lib.tracker_names(
+        plan.resolve_config({}, {'tracking': 'none'}).tracking), [])
+    with self.assertRaisesRegex(UserError, r"--tracking has 'mlfow' \(did you "
+                                r"mean 'mlflow'\?\)"):
+      plan.resolve_config({}, {'tracking': 'tensorboard,mlfow'})
+    path = self._write('tracking_args:\n  tracking: [mlflow, wandb]\n')
+    self.assertEqual(config_lib.parse_yaml(path).values,
+                     {'tracking': 'mlflow,wandb'})
+
   def test_wrong_type(self):
     with self.assertRaisesRegex(UserError, 'comm_round: expected an integer'):
       config_lib.parse_yaml(self._write('train_args:\n  comm_round: many\n'))
@@ -160,10 +175,15 @@ class ConfigTest(absltest.TestCase):
     with self.assertRaisesRegex(UserError, '--resume needs --output_dir'):
       plan.resolve_config({}, {'resume': True})
 
-  def test_duplicate_alias_is_an_error(self):
+  def test_duplicate_alias_with_another_value_is_an_error(self):
     path = self._write('train_args:\n  learning_rate: 0.1\n  lr: 0.2\n')
-    with self.assertRaisesRegex(UserError, 'sets client_learning_rate again'):
+    with self.assertRaisesRegex(UserError, r'train_args\.lr=0\.2 and '
+                                r'train_args\.learning_rate=0\.1 both set '
+                                'client_learning_rate, differently'):
       config_lib.parse_yaml(path)
+    path = self._write('train_args:\n  learning_rate: 0.1\n  lr: 0.1\n')
+    self.assertEqual(config_lib.parse_yaml(path).values,
+                     {'client_learning_rate': 0.1})
 
   def test_sections_round_trip(self):
     config = plan.resolve_config({}, {'output_dir': '/tmp/x', 'rounds': 4})

@@ -1,8 +1,7 @@
 """`python -m tff_pipeline.dashboard`: see tff_pipeline/dashboard/main.py."""
 
-from absl import app
-
+from data_prep import entry_point
 from tff_pipeline.dashboard import main
 
 if __name__ == '__main__':
-  app.run(main.main)
+  entry_point.run(main.main)
