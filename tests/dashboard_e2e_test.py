@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ from tests import testutil
 from workers import certs
 from workers import health
 from workers import placement
+from workers import tls
 from workers import tls_terminator
 
 _ROUNDS = 10
@@ -63,9 +65,16 @@ def _env() -> dict[str, str]:
   return env
 
 
-def _scrape(port: int) -> dict[tuple[str, tuple], float]:
-  with urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics',
-                              timeout=10) as r:
+def _scrape(port: int, tls_dir: str | None) -> dict[tuple[str, tuple], float]:
+  """A node's /metrics: with TLS as Prometheus would (monitoring role)."""
+  if tls_dir is None:
+    url, context = f'http://127.0.0.1:{port}/metrics', None
+  else:
+    files = tls.TlsFiles.from_dir(tls_dir, 'prometheus')
+    context = ssl.create_default_context(cafile=files.ca)
+    context.load_cert_chain(files.cert, files.key)
+    url = f'https://localhost:{port}/metrics'
+  with urllib.request.urlopen(url, context=context, timeout=10) as r:
     text = r.read().decode('utf-8')
   return {(s.name, tuple(sorted(s.labels.items()))): s.value
           for f in parser.text_string_to_metric_families(text)
@@ -144,7 +153,8 @@ class DashboardEndToEndTest(absltest.TestCase):
     try:
       tls_terminator.find_nginx()
       cls.tls_dir = os.path.join(cls.root, 'certs')
-      certs.write_bundle(cls.tls_dir, ['coordinator', 'edge-server-0', *pods])
+      certs.write_bundle(cls.tls_dir, ['coordinator', 'edge-server-0',
+                                       'prometheus', *pods])
     except tls_terminator.TerminatorError:
       cls.tls_dir = None  # Plain channels; the page then says plaintext.
     port = portpicker.pick_unused_port
@@ -249,7 +259,7 @@ class DashboardEndToEndTest(absltest.TestCase):
         self.by_name['edge-1'].send_signal(signal.SIGKILL)
         killed_at = done
       if coordinator_metrics is None and done >= 2:
-        coordinator_metrics = _scrape(self.metrics_ports['coordinator'])
+        coordinator_metrics = _scrape(self.metrics_ports['coordinator'], self.tls_dir)
       if mid_run_points is None and 0 < (seen_rounds or [0])[-1] < _ROUNDS:
         mid_run_points = self._points(browser, 'metric-accuracy')
       time.sleep(0.25)
@@ -339,7 +349,7 @@ class DashboardEndToEndTest(absltest.TestCase):
     self.assertIn(('tff_edge_bytes_total', (('direction', 'sent'),
                                             ('tier', 'coordinator'))),
                   coordinator_metrics)
-    server = _scrape(self.metrics_ports['edge-server-0'])
+    server = _scrape(self.metrics_ports['edge-server-0'], self.tls_dir)
     self.assertEqual(server[('tff_edge_up', (('node', 'edge-server-0'),
                                              ('role', 'edge_server')))], 1)
     self.assertGreaterEqual(
@@ -352,7 +362,7 @@ class DashboardEndToEndTest(absltest.TestCase):
           sum(1 for _, _, k in failed if k == kind))
     self.assertIn(('tff_edge_call_seconds_count',
                    (('kind', 'pod_run'), ('peer', 'edge-0'))), server)
-    pod = _scrape(self.metrics_ports['edge-0'])
+    pod = _scrape(self.metrics_ports['edge-0'], self.tls_dir)
     self.assertEqual(pod[('tff_edge_up', (('node', 'edge-0'),
                                           ('role', 'pod')))], 1)
     self.assertEqual(pod[('tff_edge_clients', ())], 3)

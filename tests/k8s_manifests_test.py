@@ -328,6 +328,7 @@ class K8sManifestsTest(absltest.TestCase):
       self.assertEqual(annotations['prometheus.io/scrape'], 'true', name)
       self.assertEqual(annotations['prometheus.io/port'], str(METRICS_PORT))
       self.assertEqual(annotations['prometheus.io/path'], '/metrics')
+      self.assertEqual(annotations['prometheus.io/scheme'], 'https')
       main = _container(template['spec'], container)
       ports = {p['name']: p['containerPort'] for p in main['ports']}
       self.assertEqual(ports['metrics'], METRICS_PORT, name)
@@ -344,9 +345,10 @@ class K8sManifestsTest(absltest.TestCase):
                              ('StatefulSet', 'edge-server', 7001)):
       spec = _one(self.cluster, kind, name)['spec']['template']['spec']
       main = spec['containers'][0]
-      # Only the TLS port is a container port: no plaintext one.
+      # Only TLS ports are container ports: the service's, and /metrics
+      # (mutual TLS, monitoring role only: workers.metrics).
       self.assertEqual([p['containerPort'] for p in main['ports']],
-                       [8000 if name == 'edge' else 7000])
+                       [8000 if name == 'edge' else 7000, METRICS_PORT])
       for probe in ('startupProbe', 'livenessProbe', 'readinessProbe'):
         command = main[probe]['exec']['command']
         self.assertEqual(command[:3], ['python', '-m', 'workers.health'])

@@ -196,6 +196,17 @@ def privacy_annotator(config: TrainConfig, population: int
   return annotate
 
 
+def coordinator_tls(config: TrainConfig) -> Optional[tls_lib.TlsFiles]:
+  """The coordinator's TLS files for a remote run (None: --insecure, or a
+  local run, which opens no port to the network)."""
+  if config.executor != 'remote':
+    return (tls_lib.TlsFiles.from_dir(config.tls_dir, 'coordinator')
+            if config.tls_dir else None)
+  topology = topology_lib.load(config.topology)
+  return tls_lib.resolve(config.tls_dir or topology.tls_dir, 'coordinator',
+                         config.insecure, 'the coordinator')
+
+
 class LocalSetup:
   """A run on the local TFF runtime: data prepared here."""
 
@@ -240,9 +251,7 @@ class RemoteSetup:
     if topology.eval_data:
       eval_manifest = shards.load_manifest(topology.eval_data)
       shards.verify_shards(eval_manifest)
-    tls = tls_lib.resolve(config.tls_dir or topology.tls_dir, 'coordinator',
-                          config.insecure, 'the coordinator')
-    self.cluster = coordinator.Cluster(topology, tls)
+    self.cluster = coordinator.Cluster(topology, coordinator_tls(config))
     try:
       self.view = self.cluster.describe()
       # Bound to all pods' clients; shard paths pod-relative.

@@ -25,6 +25,7 @@ from data_prep import entry_point
 from data_prep.errors import UserError
 from tff_pipeline import api
 from tff_pipeline import config_flags
+from tff_pipeline import plan
 from tff_pipeline.core import config as config_lib
 from workers import metrics as metrics_lib
 
@@ -49,7 +50,8 @@ def main(argv: list[str]) -> int:
       exporter = metrics_lib.CoordinatorMetrics()
       exporter.start_run(config_lib.to_dict(config))
       try:
-        metrics_lib.serve(config.metrics_port, exporter.registry)
+        metrics_lib.serve(config.metrics_port, exporter.registry,
+                          tls=plan.coordinator_tls(config))
       except OSError as e:
         raise UserError(f'--metrics_port={config.metrics_port}: {e.strerror}; '
                         'choose a free port') from None

@@ -138,6 +138,8 @@ def role_for(name: str) -> str:
     return 'coordinator'
   if name.startswith('edge-server'):
     return 'edge-server'
+  if name == 'monitoring' or name.startswith('prometheus'):
+    return 'monitoring'
   return 'edge-pod'
 
 

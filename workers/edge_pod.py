@@ -168,7 +168,7 @@ class EdgePod:
           run_dir=run_dir or tempfile.mkdtemp(prefix=f'{name}-tls-'))
     self._stopping = threading.Event()
     self.restarts = 0
-    self._tls = tls
+    self.tls = tls
     self._tls_stamp = tls.fingerprint() if tls else None
     self._tls_failed_stamp = None
 
@@ -250,7 +250,7 @@ class EdgePod:
 
   def _follow_rotation(self) -> None:
     """Reloads the terminator when certificate, key, CA or CRL change."""
-    stamp = self._tls.fingerprint()
+    stamp = self.tls.fingerprint()
     if stamp == self._tls_stamp:
       return
     try:
@@ -293,7 +293,8 @@ def main(argv: list[str]) -> int:
                   _HEALTH_HOST.value)
     pod.start()
     if _METRICS_PORT.value:
-      metrics_lib.serve(_METRICS_PORT.value, pod.metrics.registry)
+      metrics_lib.serve(_METRICS_PORT.value, pod.metrics.registry,
+                        tls=pod.tls)
   except (DataPrepError, worker_process.WorkerStartError, OSError,
           secagg_masks.SecAggError, UserError) as e:
     print(f'error: edge pod {_NAME.value}: {e}', file=sys.stderr)

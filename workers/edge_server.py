@@ -426,7 +426,7 @@ def main(argv: list[str]) -> int:
       slots = cpu_slots.CpuSlots(_CPU_SLOTS_DIR.value, _CPU_SLOTS.value)
     server = EdgeServer(spec, slots, tls).start()
     if _METRICS_PORT.value:
-      metrics_lib.serve(_METRICS_PORT.value, server.metrics.registry)
+      metrics_lib.serve(_METRICS_PORT.value, server.metrics.registry, tls=tls)
   except (UserError, worker_process.WorkerStartError, OSError) as e:
     print(f'error: edge server {_NAME.value}: {e}', file=sys.stderr)
     return 2

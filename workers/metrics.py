@@ -32,13 +32,22 @@ No TensorFlow here: the edge pod's Python stays free of it.
 from __future__ import annotations
 
 import contextlib
+import socketserver
+import ssl
+import threading
 import time
+from wsgiref import simple_server
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator, Optional
 
 from absl import logging
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from workers import tls as tls_lib
+
+# A client that has not finished its TLS handshake and request by then is cut.
+_TLS_SOCKET_SECONDS = 10.0
 
 # The tasks' metric names in metrics.jsonl `train` and `eval` rows.
 TASK_METRICS = ('accuracy', 'loss', 'rmse', 'recall_at_5')
@@ -243,12 +252,71 @@ class PodMetrics(NodeMetrics):
         "Times the pod restarted its dead executor.", registry=self.registry)
 
 
-def serve(port: int, registry: CollectorRegistry, host: str = '0.0.0.0'):
-  """Serves `registry` on http://host:port/metrics in a daemon thread.
+class _MutualTlsServer(socketserver.ThreadingMixIn, simple_server.WSGIServer):
+  """WSGI over TLS; each connection's client certificate must be of a
+  monitoring role of our CA (tls.PeerPolicy: role, CRL); others are cut."""
+
+  daemon_threads = True
+
+  def __init__(self, address, tls: tls_lib.TlsFiles):
+    self._tls = tls
+    self._policy = tls_lib.PeerPolicy(tls, tls_lib.CALLERS['metrics'])
+    self._lock = threading.Lock()
+    self._stamp = None
+    self._context: Optional[ssl.SSLContext] = None
+    super().__init__(address, _QuietHandler)
+
+  def _current_context(self) -> ssl.SSLContext:
+    # Rebuilt when the files change: a rotated certificate or CA is picked
+    # up for the next connection.
+    with self._lock:
+      stamp = self._tls.fingerprint()
+      if stamp != self._stamp or self._context is None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH,
+                                             cafile=self._tls.ca)
+        context.load_cert_chain(self._tls.cert, self._tls.key)
+        context.verify_mode = ssl.CERT_REQUIRED
+        self._context, self._stamp = context, stamp
+      return self._context
+
+  def finish_request(self, request, client_address):
+    # In the connection's own thread: a slow handshake blocks no one else.
+    request.settimeout(_TLS_SOCKET_SECONDS)
+    try:
+      secure = self._current_context().wrap_socket(request, server_side=True)
+      self._policy.check_pem(ssl.DER_cert_to_PEM_cert(
+          secure.getpeercert(binary_form=True)).encode())
+    except (OSError, ValueError) as e:  # ssl.SSLError, PermissionError.
+      logging.info('metrics: refused %s: %s', client_address[0], e)
+      return
+    super().finish_request(secure, client_address)
+
+
+class _QuietHandler(simple_server.WSGIRequestHandler):
+
+  def log_message(self, *args):  # Scrapes every few seconds: keep quiet.
+    del args
+
+
+def serve(port: int, registry: CollectorRegistry, host: Optional[str] = None,
+          tls: Optional[tls_lib.TlsFiles] = None):
+  """Serves `registry` at /metrics on host:port in a daemon thread.
+
+  With `tls` (the node's own files), HTTPS on every interface by default
+  that demands a client certificate of the `monitoring` role from the
+  cluster CA (Prometheus' scrape `tls_config`); without it, plain HTTP on
+  loopback by default (a local run), so no plaintext port faces the
+  network unless `host` says so.
 
   Returns:
-    The HTTP server (its `server_port` is the port; `shutdown()` stops it).
+    The server (its `server_port` is the port; `shutdown()` stops it).
   """
-  server, _ = prometheus_client.start_http_server(port, addr=host,
-                                                  registry=registry)
+  if tls is None:
+    server, _ = prometheus_client.start_http_server(
+        port, addr=host or '127.0.0.1', registry=registry)
+    return server
+  server = _MutualTlsServer((host or '0.0.0.0', port), tls)
+  server.set_app(prometheus_client.make_wsgi_app(registry))
+  threading.Thread(target=server.serve_forever, name='metrics',
+                   daemon=True).start()
   return server

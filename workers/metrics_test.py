@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import ssl
+import tempfile
+import urllib.error
 import urllib.request
 
 from absl.testing import absltest
 from prometheus_client import parser
 
+from workers import certs
 from workers import metrics
+from workers import tls as tls_lib
 
 
 def _scrape(registry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -169,6 +176,64 @@ class NodeMetricsTest(absltest.TestCase):
     self.assertEqual(metrics.error_label(WithCode()), 'failed_precondition')
     self.assertEqual(metrics.error_label(ValueError('free text')),
                      'ValueError')
+
+
+class MutualTlsMetricsTest(absltest.TestCase):
+  """/metrics of a node with TLS files: only a monitoring certificate."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.dir = tempfile.mkdtemp()
+    certs.write_bundle(cls.dir, ['edge-0', 'prometheus', 'edge-server-0',
+                                 'coordinator'])
+    cls.node = tls_lib.TlsFiles.from_dir(cls.dir, 'edge-0')
+    registry = metrics.CollectorRegistry()
+    metrics.PodMetrics('edge-0', lambda: True, 3, registry)
+    cls.server = metrics.serve(0, registry, host='127.0.0.1', tls=cls.node)
+    cls.url = f'https://localhost:{cls.server.server_port}/metrics'
+
+  @classmethod
+  def tearDownClass(cls):
+    cls.server.shutdown()
+    cls.server.server_close()
+    super().tearDownClass()
+
+  def _get(self, client: str | None) -> str:
+    context = ssl.create_default_context(cafile=self.node.ca)
+    if client:
+      files = tls_lib.TlsFiles.from_dir(self.dir, client)
+      context.load_cert_chain(files.cert, files.key)
+    with urllib.request.urlopen(self.url, context=context, timeout=10) as r:
+      return r.read().decode('utf-8')
+
+  def test_a_monitoring_certificate_scrapes(self):
+    self.assertIn('tff_edge_clients', self._get('prometheus'))
+
+  def test_other_roles_and_no_certificate_are_cut(self):
+    for client in (None, 'edge-server-0', 'coordinator'):
+      with self.subTest(client=client):
+        with self.assertRaises((urllib.error.URLError, ssl.SSLError,
+                                ConnectionError)):
+          self._get(client)
+
+  def test_plaintext_gets_nothing(self):
+    with socket.create_connection(('127.0.0.1', self.server.server_port),
+                                  timeout=10) as sock:
+      try:
+        sock.sendall(b'GET /metrics HTTP/1.0\r\n\r\n')
+        data = sock.recv(4096)
+      except ConnectionError:
+        data = b''  # Cut: not a TLS handshake.
+    self.assertNotIn(b'tff_edge', data)
+
+  def test_without_tls_it_listens_on_loopback_only(self):
+    server = metrics.serve(0, metrics.CollectorRegistry())
+    try:
+      self.assertEqual(server.server_address[0], '127.0.0.1')
+    finally:
+      server.shutdown()
+      server.server_close()
 
 
 if __name__ == '__main__':

@@ -38,11 +38,12 @@ from workers import worker_process
 
 CA_CERT_FILE = 'ca.crt'
 CRL_FILE = 'ca.crl'
-ROLES = ('coordinator', 'edge-server', 'edge-pod')
+ROLES = ('coordinator', 'edge-server', 'edge-pod', 'monitoring')
 # Who may call whom: pods serve edge servers, edge servers the coordinator,
-# and the coordinator serves nobody.
+# and the coordinator serves nobody; every tier's /metrics (workers.metrics)
+# serves only the monitoring role (Prometheus).
 CALLERS = {'edge-pod': ('edge-server',), 'edge-server': ('coordinator',),
-           'coordinator': ()}
+           'coordinator': (), 'metrics': ('monitoring',)}
 _SPIFFE_PREFIX = 'spiffe://tff-edge/'
 # How often a process looks at its certificate files for a rotation.
 _RELOAD_CHECK_SECONDS = 1.0

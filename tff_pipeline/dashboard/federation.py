@@ -4,15 +4,18 @@ For every edge server and pod of the topology file (workers/topology.py):
   * its plain health port: /healthz (is the process up; a pod: is its
     executor alive, how often it restarted) and /readyz (a pod: how many
     clients it holds);
-  * with `tls_dir` (mutual TLS): the node's TLS port, with a client
-    certificate of the cluster CA, exactly as its callers reach it. A pod
-    answers /control/manifest through its nginx terminator; an edge server
-    completes a TLS handshake on its gRPC port. The certificate the node
-    presents (verified against the CA and the node's name) is its TLS
-    identity: subject, issuer, expiry, SHA-256 fingerprint.
-A node is `up` when all of this works, `degraded` when the process answers
-but something else does not (executor restarting, not ready, TLS refused),
-and `down` when it does not answer at all. Problems are reported per node,
+  * with `tls_dir` (mutual TLS): a TLS handshake on the node's TLS port
+    (a pod's nginx terminator, an edge server's gRPC port), with a client
+    certificate of the cluster CA. The certificate the node presents
+    (verified against the CA and the node's name) is its TLS identity:
+    subject, issuer, expiry, SHA-256 fingerprint. Nothing beyond the
+    handshake is asked: pods serve their control routes only to edge
+    servers (workers.tls.CALLERS).
+With TLS the health ports listen on the node's loopback (docs/zero-trust.md),
+so from another host only the handshake answers. A node is `up` when what
+can be reached works, `degraded` when the process answers but something
+else does not (executor restarting, not ready, TLS refused), and `down`
+when nothing answers at all. Problems are reported per node,
 in place; nothing here raises for a node or a missing topology.
 
 `annotate` adds what the training run says about each node (the run's
@@ -24,7 +27,6 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import hashlib
-import http.client
 import json
 import os
 import socket
@@ -93,25 +95,6 @@ def _tls_socket(address: str, context: ssl.SSLContext, server_name: str,
   except BaseException:
     sock.close()
     raise
-
-
-def https_get(address: str, path: str, context: ssl.SSLContext,
-              server_name: str, timeout: float) -> tuple[int, Any, bytes]:
-  """GET over mutual TLS: (status, JSON body or text, server cert DER)."""
-  connection = http.client.HTTPConnection(address, timeout=timeout)
-  connection.sock = _tls_socket(address, context, server_name, timeout)
-  try:
-    der = connection.sock.getpeercert(binary_form=True)
-    connection.request('GET', path, headers={'Accept': 'application/json'})
-    response = connection.getresponse()
-    raw = response.read()
-  finally:
-    connection.close()
-  try:
-    body = json.loads(raw or b'null')
-  except ValueError:
-    body = raw.decode('utf-8', 'replace')[:200]
-  return response.status, body, der
 
 
 def tls_handshake(address: str, context: ssl.SSLContext, server_name: str,
@@ -203,45 +186,57 @@ class Federation:
       out['edge_servers'].append(node)
     return out
 
-  def _health(self, node: dict[str, Any], path: str
+  def _health(self, node: dict[str, Any], path: str, quiet: bool = False
               ) -> Optional[tuple[int, Any]]:
+    """The health route's answer; None if unreachable (a problem unless
+    `quiet`: with TLS the port is on the node's loopback)."""
     try:
       return health.get_json(node['health'], path, self._timeout)
     except (OSError, ValueError) as e:
-      node['problems'].append(f'{path} on {node["health"]}: {_reason(e)}')
+      if not quiet:
+        node['problems'].append(f'{path} on {node["health"]}: {_reason(e)}')
+      else:
+        node['notes'] = [f'{path} on {node["health"]} not reachable from '
+                         'here (loopback-only with TLS)']
       return None
 
   def _check_pod(self, pod: topology_lib.Pod,
                  context: Optional[ssl.SSLContext], tls: bool
                  ) -> dict[str, Any]:
     node = _node(pod.name, 'pod', pod.address, pod.health)
-    answer = self._health(node, '/healthz')
-    if answer is None:
-      return node  # down
-    status, body = answer
-    body = body if isinstance(body, dict) else {}
-    node['restarts'] = body.get('restarts')
-    if status != 200:
-      node['problems'].append(f'/healthz answered HTTP {status}')
-    elif body.get('executor_alive') is False:
-      node['problems'].append('its executor is not running (restarting)')
-    ready = self._health(node, '/readyz')
-    if ready is not None:
-      status, body = ready
-      if isinstance(body, dict) and isinstance(body.get('clients'), int):
-        node['clients'] = body['clients']
+    answer = self._health(node, '/healthz', quiet=tls)
+    if answer is not None:
+      status, body = answer
+      body = body if isinstance(body, dict) else {}
+      node['restarts'] = body.get('restarts')
       if status != 200:
-        node['problems'].append('not ready (its executor does not answer)')
-    if tls and context is not None:
-      try:
-        status, _, der = https_get(pod.address, '/control/manifest', context,
-                                   pod.name, self._timeout)
-        node['identity'] = identity_of(der)
+        node['problems'].append(f'/healthz answered HTTP {status}')
+      elif body.get('executor_alive') is False:
+        node['problems'].append('its executor is not running (restarting)')
+      ready = self._health(node, '/readyz')
+      if ready is not None:
+        status, body = ready
+        if isinstance(body, dict) and isinstance(body.get('clients'), int):
+          node['clients'] = body['clients']
         if status != 200:
-          node['problems'].append(
-              f'/control/manifest through mutual TLS answered HTTP {status}')
+          node['problems'].append('not ready (its executor does not answer)')
+    return self._finish(node, answer is not None, pod.address, pod.name,
+                        context if tls else None)
+
+  def _finish(self, node: dict[str, Any], health_answered: bool,
+              address: str, name: str, context: Optional[ssl.SSLContext]
+              ) -> dict[str, Any]:
+    """Adds the TLS identity and the state."""
+    handshake = False
+    if context is not None:
+      try:
+        node['identity'] = identity_of(tls_handshake(
+            address, context, name, self._timeout))
+        handshake = True
       except (OSError, ValueError) as e:
-        node['problems'].append(f'mutual TLS to {pod.address}: {_reason(e)}')
+        node['problems'].append(f'mutual TLS to {address}: {_reason(e)}')
+    if not health_answered and not handshake:
+      return node  # down
     node['state'] = 'degraded' if node['problems'] else 'up'
     return node
 
@@ -249,20 +244,11 @@ class Federation:
                     context: Optional[ssl.SSLContext], tls: bool
                     ) -> dict[str, Any]:
     node = _node(server.name, 'edge_server', server.address, server.health)
-    answer = self._health(node, '/healthz')
-    if answer is None:
-      return node
-    if answer[0] != 200:
+    answer = self._health(node, '/healthz', quiet=tls)
+    if answer is not None and answer[0] != 200:
       node['problems'].append(f'/healthz answered HTTP {answer[0]}')
-    if tls and context is not None:
-      try:
-        node['identity'] = identity_of(tls_handshake(
-            server.address, context, server.name, self._timeout))
-      except (OSError, ValueError) as e:
-        node['problems'].append(
-            f'mutual TLS to {server.address}: {_reason(e)}')
-    node['state'] = 'degraded' if node['problems'] else 'up'
-    return node
+    return self._finish(node, answer is not None, server.address,
+                        server.name, context if tls else None)
 
 
 def annotate(snapshot: dict[str, Any], run: Optional[runs_lib.Run]
