@@ -17,13 +17,16 @@ The reading side (`parse_batch`, `shard_path`) is pure TF so it can run inside
 tf.function / TFF computations.
 """
 
+import contextlib
+import errno
+import fcntl
 import json
 import math
 import os
 import re
 import shutil
 import tempfile
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from absl import logging
 
@@ -135,6 +138,26 @@ def write_shards(shard_dir: str,
     shutil.rmtree(staging, ignore_errors=True)
     raise
   return manifest
+
+
+@contextlib.contextmanager
+def exclusive(shard_dir: str) -> Iterator[None]:
+  """Holds an advisory lock on shard_dir while it is looked up or built.
+
+  Two runs sharing a cache (or a trainer and its prepare child) may ask
+  for the same shards at once; the second waits and then reuses the
+  first's shards instead of racing it to the final rename.
+  """
+  shard_dir = os.path.abspath(shard_dir)
+  parent = os.path.dirname(shard_dir)
+  os.makedirs(parent, exist_ok=True)
+  lock_path = os.path.join(parent, f".{os.path.basename(shard_dir)}.lock")
+  with open(lock_path, "a", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def load_if_matching(shard_dir: str,
@@ -388,9 +411,7 @@ def _label_histogram(client_id: str, labels: np.ndarray,
 def _move_into_place(staging: str, shard_dir: str) -> None:
   """Renames staging to shard_dir, replacing any old shard_dir."""
   parent = os.path.dirname(shard_dir)
-  if not os.path.lexists(shard_dir):
-    os.rename(staging, shard_dir)
-  else:
+  if not _rename_if_absent(staging, shard_dir):
     # Linux has no portable atomic directory swap; move the old one aside
     # first and put it back if the second rename fails.
     retired = staging + ".old"
@@ -406,6 +427,20 @@ def _move_into_place(staging: str, shard_dir: str) -> None:
     os.fsync(dir_fd)
   finally:
     os.close(dir_fd)
+
+
+def _rename_if_absent(staging: str, shard_dir: str) -> bool:
+  """Renames staging to shard_dir unless shard_dir exists (even if it
+  appeared since the check: a writer outside `exclusive`)."""
+  if os.path.lexists(shard_dir):
+    return False
+  try:
+    os.rename(staging, shard_dir)
+  except OSError as e:
+    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+      raise
+    return False
+  return True
 
 
 # Reading.

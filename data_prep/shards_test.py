@@ -2,6 +2,8 @@
 
 import json
 import os
+import threading
+from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
@@ -239,6 +241,54 @@ class AtomicWriteTest(ShardsTestBase):
     os.makedirs(self.shard_dir)
     self._write()
     shards.verify_shards(shards.load_manifest(self.shard_dir))
+
+
+  def test_writer_that_finishes_first_is_replaced_not_fatal(self):
+    # Another writer (e.g. a second run sharing the cache) puts the shard
+    # folder in place after our existence check and before our rename,
+    # which then fails with ENOTEMPTY. That writer finishes inside the
+    # last check, once ours is staged whole.
+    real_lexists = os.path.lexists
+    raced = []
+
+    def lexists_then_race(path):
+      found = real_lexists(path)
+      staged = [n for n in os.listdir(self.root)
+                if n.startswith(".shards.tmp-") and
+                os.path.isfile(os.path.join(self.root, n, "manifest.json"))]
+      if path == self.shard_dir and staged and not raced:
+        raced.append(True)  # Before: the other writer checks too.
+        self._write()
+      return found
+
+    with mock.patch.object(shards.os.path, "lexists", lexists_then_race):
+      manifest = shards.write_shards(
+          self.shard_dir, "fashion_mnist", _SPEC,
+          {"only": _columns(self.rng, 2)}.items(), None, 5, _PARTITION,
+          _SOURCE)
+    self.assertEqual(raced, [True])
+    self.assertEqual(shards.load_manifest(self.shard_dir), manifest)
+    self.assertEqual(manifest.client_ids(), ["only"])
+    shards.verify_shards(manifest)
+    self.assertEqual(os.listdir(self.root), ["shards"])
+
+  def test_exclusive_makes_a_second_preparer_wait(self):
+    order = []
+    first_in = threading.Event()
+
+    def second():
+      first_in.wait(timeout=30)
+      with shards.exclusive(self.shard_dir):
+        order.append("second")
+
+    thread = threading.Thread(target=second, daemon=True)
+    thread.start()
+    with shards.exclusive(self.shard_dir):
+      first_in.set()
+      thread.join(timeout=0.5)  # It must still be waiting on the lock.
+      order.append("first")
+    thread.join(timeout=30)
+    self.assertEqual(order, ["first", "second"])
 
 
 class VerifyTest(ShardsTestBase):

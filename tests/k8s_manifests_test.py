@@ -351,7 +351,7 @@ class K8sManifestsTest(absltest.TestCase):
                        [8000 if name == 'edge' else 7000, METRICS_PORT])
       for probe in ('startupProbe', 'livenessProbe', 'readinessProbe'):
         command = main[probe]['exec']['command']
-        self.assertEqual(command[:3], ['python', '-m', 'workers.health'])
+        self.assertEqual(command[:3], ['python', '-m', 'workers.health_probe'])
         self.assertRegex(command[3], rf'^--probe=127\.0\.0\.1:{port}/'
                          r'(healthz|readyz)$', f'{name} {probe}')
 

@@ -26,7 +26,7 @@ a client certificate from the cluster CA with the edge-server role
 (workers.certs) and forwards gRPC to the executor and /control/ (manifest,
 SecAgg masks) to a loopback-only HTTP server; the plain --health_port then
 serves only /healthz and /readyz, on loopback (probes run inside the pod:
-`python -m workers.health --probe=127.0.0.1:8001/readyz`). The executor
+`python -m workers.health_probe --probe=127.0.0.1:8001/readyz`). The executor
 listens on loopback only (workers.worker_process: bind shim plus a check of
 its sockets), so only this pod reaches it. Without --tls_dir the pod refuses
 to start unless --insecure is given: then the manifest and control calls

@@ -7,10 +7,8 @@ signed, non-numeric or repeated lengths are refused before anything is
 read), and at most MAX_CONNECTIONS requests are served at once (more are
 answered 503 and closed, not queued on new threads).
 
-    python -m workers.health --probe=127.0.0.1:8001/readyz
-
-exits 0 if that answers 200, else 1: the exec probe of a pod whose health
-port listens on loopback only (k8s/base).
+Pods whose health port listens on loopback only are probed by
+`python -m workers.health_probe` (k8s/base).
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ import http.server
 import json
 import re
 import socket
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -203,26 +200,3 @@ def get_json(address: str, path: str, timeout: float = 5.0) -> tuple[int, Any]:
       return response.status, json.loads(response.read())
   except urllib.error.HTTPError as e:
     return e.code, json.loads(e.read() or b'null')
-
-
-def main(argv: list[str]) -> int:
-  """`--probe=host:port/path`: exit 0 on HTTP 200, else 1 (exec probes)."""
-  probes = [a.split('=', 1)[1] for a in argv[1:] if a.startswith('--probe=')]
-  if len(probes) != 1 or len(argv) != 2 or '/' not in probes[0]:
-    print('usage: python -m workers.health --probe=HOST:PORT/PATH',
-          file=sys.stderr)
-    return 2
-  address, path = probes[0].split('/', 1)
-  try:
-    status, body = get_json(address, '/' + path, timeout=4.0)
-  except (OSError, ValueError) as e:
-    print(f'probe {probes[0]}: {e}', file=sys.stderr)
-    return 1
-  if status != 200:
-    print(f'probe {probes[0]}: HTTP {status}: {body}', file=sys.stderr)
-    return 1
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main(sys.argv))

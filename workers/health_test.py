@@ -7,7 +7,6 @@ import time
 
 from absl.testing import absltest
 
-from tests import testutil
 from workers import health
 
 
@@ -149,17 +148,6 @@ class HealthServerTest(absltest.TestCase):
       thread.join()
     self.assertEqual(health.get_json(f'127.0.0.1:{self.port}', '/healthz')[0],
                      200)
-
-  def test_probe_cli(self):
-    ok = testutil.run_module('workers.health',
-                             f'--probe=127.0.0.1:{self.port}/healthz')
-    self.assertEqual(ok.returncode, 0, ok.stderr)
-    missing = testutil.run_module('workers.health',
-                                  f'--probe=127.0.0.1:{self.port}/nothing')
-    self.assertEqual(missing.returncode, 1)
-    self.assertIn('HTTP 404', missing.stderr)
-    usage = testutil.run_module('workers.health', '--bogus')
-    self.assertEqual(usage.returncode, 2)
 
 
 if __name__ == '__main__':

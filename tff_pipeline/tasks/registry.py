@@ -85,7 +85,8 @@ def prepare(task: str, data: base.DataOptions) -> shards.Manifest:
   """Prepares (or reuses) the task's shards (data.shard_dir may be '')."""
   if not data.shard_dir:
     data = dataclasses.replace(data, shard_dir=default_shard_dir(task, data))
-  return get(task).prepare(data)
+  with shards.exclusive(data.shard_dir):
+    return get(task).prepare(data)
 
 
 def bind(task: str, manifest: shards.Manifest, model: str, seed: int,
