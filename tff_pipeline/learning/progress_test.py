@@ -24,6 +24,16 @@ class ProgressTest(absltest.TestCase):
     self.assertIn('ETA', lines[0])
     self.assertIn('eval acc 0.6000', lines[1])
 
+  def test_dp_rows_without_training_metrics(self):
+    stream = io.StringIO()
+    bar = progress.Progress(total_rounds=2, stream=stream)
+    bar.update(1, {})
+    bar.update(2, {}, {'loss': 0.9, 'accuracy': 0.6})
+    lines = stream.getvalue().splitlines()
+    self.assertNotIn('loss', lines[0])
+    self.assertIn('round 1/2', lines[0])
+    self.assertIn('eval acc 0.6000', lines[1])
+
   def test_disabled_prints_nothing(self):
     stream = io.StringIO()
     progress.Progress(3, stream=stream, enabled=False).update(
