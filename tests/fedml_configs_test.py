@@ -195,8 +195,12 @@ class FedmlConfigsTest(absltest.TestCase):
     epsilons = [(r['round'], r['privacy']['epsilon']) for r in rows]
     mlflow_metrics = tracking.read_mlflow_metrics(out)
     self.assertEqual(mlflow_metrics['privacy/epsilon'], epsilons)
-    self.assertEqual([s for s, _ in mlflow_metrics['train/loss']],
-                     [r['round'] for r in rows])
+    # DP runs withhold training metrics (statistics of clients' data
+    # outside epsilon); the central evaluation is released.
+    self.assertNotIn('train/loss', mlflow_metrics)
+    self.assertEqual([r['train'] for r in rows], [{}] * len(rows))
+    self.assertEqual([v for _, v in mlflow_metrics['eval/accuracy']],
+                     [r['eval']['accuracy'] for r in rows if 'eval' in r])
     (run_file,) = glob.glob(os.path.join(out, 'wandb', 'offline-run-*',
                                          'run-*.wandb'))
     history = tracking.read_wandb_offline_run(run_file)['history']

@@ -117,6 +117,18 @@ def _check_population(config: TrainConfig, task: task_base.Task) -> list[str]:
   return client_ids
 
 
+def _restore_last_row(writer: metrics_io.MetricsWriter,
+                      checkpoints: checkpoint.RoundCheckpoints,
+                      output_dir: str, last_round: int) -> None:
+  """Writes the checkpointed round's row if a crash kept it from the file."""
+  if any(r['round'] == last_round
+         for r in metrics_io.read_metrics(output_dir)):
+    return
+  row = checkpoints.saved_row(last_round)
+  if row is not None:
+    writer.write(row)
+
+
 def run(config: TrainConfig,
         on_round: Optional[Callable[[dict[str, Any]], None]] = None
         ) -> RunResult:
@@ -141,7 +153,8 @@ def run(config: TrainConfig,
     client_ids = _check_population(config, task)
     _save_config(config)
     tf.keras.utils.set_random_seed(config.seed)
-    process = plan.training_process(config, task)
+    dim = plan.model_dim(task) if plan.needs_model_dim(config) else 0
+    process = plan.training_process(config, task, dim)
     evaluator = run_setup.evaluator()
     runner = run_setup.round_runner(process)
     checkpoints = checkpoint.RoundCheckpoints(
@@ -152,6 +165,11 @@ def run(config: TrainConfig,
     if config.resume:
       state, last_round = checkpoints.load_latest(state)
       first_round = last_round + 1
+    # DP runs: the sample is drawn with a secret key kept in the checkpoint
+    # folder (not --seed, which is public), so a resumed run draws the
+    # uninterrupted run's samples.
+    sampler_key = (checkpoints.sampler_key(create=not config.resume)
+                   if plan.is_private(config) else None)
     trackers_wanted = config_lib.tracker_names(config.tracking)
     params = config_lib.to_dict(config)
     trackers = tracking.build(trackers_wanted, config.output_dir, params,
@@ -161,18 +179,23 @@ def run(config: TrainConfig,
         config.output_dir,
         keep_through_round=first_round - 1 if config.resume else None,
         tensorboard='tensorboard' in trackers_wanted, params=params)
+    if config.resume:
+      _restore_last_row(writer, checkpoints, config.output_dir,
+                        first_round - 1)
     bar = progress_lib.Progress(config.rounds, first_round,
                                 enabled=config.progress)
-    privacy_row = plan.privacy_annotator(config, len(client_ids))
+    privacy_row = plan.privacy_annotator(config, len(client_ids), dim)
     hooks = [bar.update, trackers.log_round]
     if on_round is not None:
       hooks.append(on_round)
     try:
       result = loop.run(process, state, runner, evaluator,
-                        plan.schedule(config, client_ids, first_round),
+                        plan.schedule(config, client_ids, first_round,
+                                      sampler_key),
                         writer, checkpoints,
                         annotators=[privacy_row] if privacy_row else [],
-                        hooks=hooks)
+                        hooks=hooks,
+                        release_ids=plan.releases_client_ids(config))
     finally:
       writer.close()
     all_rows = metrics_io.read_metrics(config.output_dir)

@@ -18,10 +18,13 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 from absl import logging
+import numpy as np
 import tensorflow_federated as tff
 
 from data_prep import shards
 from data_prep.errors import UserError
+from tff_pipeline.aggregation import ddp_accounting
+from tff_pipeline.aggregation import distributed_dp
 from tff_pipeline.aggregation import privacy
 from tff_pipeline.aggregation import registry as aggregation
 from tff_pipeline.core import config as config_lib
@@ -34,6 +37,7 @@ from tff_pipeline.learning import optimizers
 from tff_pipeline.learning import rounds
 from tff_pipeline.learning import sampling
 from tff_pipeline.secagg import form as secure_form
+from tff_pipeline.secagg import quantized_sum
 from tff_pipeline.tasks import base as task_base
 from tff_pipeline.tasks import registry as tasks
 from workers import coordinator
@@ -42,6 +46,9 @@ from workers import local_runtime
 from workers import secure_round
 from workers import tls as tls_lib
 from workers import topology as topology_lib
+
+DISTRIBUTED_DP = 'distributed_dp'
+SECAGG_DP = 'secagg_dp'
 
 
 def resolve_config(yaml_values: Mapping[str, Any],
@@ -59,6 +66,18 @@ def resolve_config(yaml_values: Mapping[str, Any],
     # Poisson sampling is what the DP accountants analyse best.
     config = dataclasses.replace(
         config, client_sampling='poisson' if aggregator.private else 'uniform')
+  if config.aggregator == DISTRIBUTED_DP:
+    if config.client_sampling != 'poisson':
+      raise UserError(
+          f'--aggregator={DISTRIBUTED_DP} is accounted for Poisson sampling '
+          f'only; use --client_sampling=poisson (or auto), not '
+          f'{config.client_sampling}')
+    # Refuses too few expected clients per round, naming the minimum.
+    ddp_accounting.check_clients(config.clients_per_round)
+    if config.secagg_bits > ddp_accounting.MAX_BITS:
+      raise UserError(
+          f'--secagg_bits={config.secagg_bits} is more than {DISTRIBUTED_DP} '
+          f'takes ({ddp_accounting.MAX_BITS}); lower it, or 0 for the default')
   family.check_model(config.model)
   optimizers.check(config.client_optimizer, 'client')
   optimizers.check(config.server_optimizer, 'server')
@@ -100,6 +119,22 @@ def load_task(config: TrainConfig) -> task_base.Task:
   return bind_task(config, prepare_shards(config))
 
 
+def needs_model_dim(config: TrainConfig) -> bool:
+  """Whether the aggregator's privacy depends on the model's size."""
+  return config.aggregator in (DISTRIBUTED_DP, SECAGG_DP)
+
+
+def model_dim(task: task_base.Task) -> int:
+  """Parameters of a client's update: the task model's trainable weights.
+
+  Tasks with their own algorithm (Fed Recon) aggregate part of the model
+  only: the count is then an upper bound (its secagg_dp rounding bound is
+  then conservative); distributed_dp refuses them.
+  """
+  model = task.model_builder()
+  return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
 def sampling_of(config: TrainConfig, population: int) -> privacy.Sampling:
   """How rounds pick clients, as the accountant sees it."""
   kind = 'poisson' if config.client_sampling == 'poisson' else 'fixed'
@@ -108,30 +143,113 @@ def sampling_of(config: TrainConfig, population: int) -> privacy.Sampling:
 
 
 @functools.lru_cache(maxsize=8)
-def noise_multiplier(config: TrainConfig, population: int) -> float:
+def distributed_mechanism(config: TrainConfig, population: int,
+                          dim: int) -> ddp_accounting.SkellamParams:
+  """distributed_dp's mechanism: noise multiplier and bits for the run.
+
+  --target_epsilon calibrates the noise with the mechanism's own accountant
+  (and, with --secagg_bits=0, the bits with it; with --log_participants,
+  for the unamplified epsilon the rows then report); otherwise
+  --noise_multiplier, with the bits rule's default unless given. Cached:
+  calibration takes seconds.
+
+  Raises:
+    UserError: an unreachable target, too few bits for the clients per
+      round, or too few clients.
+  """
+  if dim < 1:
+    raise ValueError('distributed_dp needs the model dimension')
+  common = dict(dim=dim, clip=config.clip,
+                expected_clients=float(config.clients_per_round))
+  q = config.clients_per_round / population
+  bits = config.secagg_bits
+  if config.target_epsilon > 0:
+    # With logged participants the reported epsilon is the unamplified one.
+    budget = dict(sampling_probability=q, rounds=config.rounds,
+                  delta=config.delta, amplified=not config.log_participants)
+    if bits:
+      z = ddp_accounting.calibrate(config.target_epsilon, bits=bits,
+                                   **common, **budget)
+    else:
+      z, bits = ddp_accounting.calibrate_with_bits(config.target_epsilon,
+                                                   **common, **budget)
+  else:
+    z = config.noise_multiplier
+    bits = bits or ddp_accounting.default_bits(
+        float(config.clients_per_round), dim, z)
+  return ddp_accounting.SkellamParams(noise_multiplier=z, bits=bits, **common)
+
+
+def secagg_bits(config: TrainConfig, population: int, dim: int = 0) -> int:
+  """--secagg_bits, or its default for the aggregator (0: auto)."""
+  if config.aggregator == DISTRIBUTED_DP:
+    return distributed_mechanism(config, population, dim).bits
+  return config.secagg_bits or quantized_sum.DEFAULT_BITS
+
+
+def sensitivity_inflation(config: TrainConfig, dim: int = 0) -> float:
+  """A record's L2 sensitivity over --clip (secagg_dp's rounding bound)."""
+  if config.aggregator != SECAGG_DP:
+    return 1.0
+  if dim < 1:
+    raise ValueError('secagg_dp accounting needs the model dimension')
+  return quantized_sum.dp_sensitivity_inflation(
+      config.secagg_bits or quantized_sum.DEFAULT_BITS, dim)
+
+
+@functools.lru_cache(maxsize=8)
+def noise_multiplier(config: TrainConfig, population: int,
+                     dim: int = 0) -> float:
   """--noise_multiplier, or the one --target_epsilon calls for.
 
   Cached: the learning process and the privacy ledger of a run both need
-  it, and calibration runs an accountant search (seconds).
+  it, and calibration runs an accountant search (seconds). secagg_dp's
+  noise is raised by its sensitivity inflation, so the target holds for
+  the rounded records; distributed_dp's comes from its own accountant.
   """
+  if config.aggregator == DISTRIBUTED_DP:
+    return distributed_mechanism(config, population, dim).noise_multiplier
   if config.target_epsilon > 0:
     return privacy.calibrate_noise_multiplier(
         config.target_epsilon, sampling_of(config, population), config.rounds,
-        config.delta)
+        config.delta, amplified=not config.log_participants
+    ) * sensitivity_inflation(config, dim)
   return config.noise_multiplier
 
 
-def aggregator(config: TrainConfig, population: int
+def aggregator(config: TrainConfig, population: int, dim: int = 0
                ) -> Optional[aggregation.Factory]:
-  """The model aggregator, or None for TFF's weighted mean."""
+  """The model aggregator, or None for TFF's weighted mean.
+
+  Args:
+    config: The run's config.
+    population: The number of clients.
+    dim: Parameters of a client's update (`model_dim`); distributed_dp and
+      a calibrated secagg_dp need it.
+  """
   spec = aggregation.get(config.aggregator)
   params = aggregation.AggregatorParams(
-      clip=config.clip, bits=config.secagg_bits,
-      noise_multiplier=(noise_multiplier(config, population) if spec.private
-                        else config.noise_multiplier),
+      clip=config.clip, bits=secagg_bits(config, population, dim),
+      noise_multiplier=(noise_multiplier(config, population, dim)
+                        if spec.private else config.noise_multiplier),
       clients_per_round=float(config.clients_per_round),
-      target_unclipped_quantile=config.target_unclipped_quantile)
+      target_unclipped_quantile=config.target_unclipped_quantile,
+      dim=dim if config.aggregator == DISTRIBUTED_DP else 0)
   return spec.build(params)
+
+
+def check_task(config: TrainConfig, task: task_base.Task) -> None:
+  """Refuses aggregators the task cannot take."""
+  if config.aggregator == DISTRIBUTED_DP and task.process_builder is not None:
+    raise UserError(
+        f'--aggregator={DISTRIBUTED_DP} needs a task trained with FedAvg over '
+        f'one model; --task={config.task} has its own algorithm (its '
+        'aggregated update is part of the model); use secagg_dp or dp_fixed')
+
+
+def releases_client_ids(config: TrainConfig) -> bool:
+  """Whether outputs may name clients: not in DP runs, unless asked."""
+  return not is_private(config) or config.log_participants
 
 
 def is_secure(config: TrainConfig) -> bool:
@@ -142,9 +260,22 @@ def is_private(config: TrainConfig) -> bool:
   return aggregation.get(config.aggregator).private
 
 
-def training_process(config: TrainConfig, task: task_base.Task
-                     ) -> tff.learning.templates.LearningProcess:
-  """The learning process whose `next` takes client keys."""
+def training_process(config: TrainConfig, task: task_base.Task,
+                     dim: int = 0) -> tff.learning.templates.LearningProcess:
+  """The learning process whose `next` takes client keys.
+
+  In DP runs the clients' training metrics are withheld (see
+  `algorithms.withhold_metrics`): summed without noise, they would be a
+  release outside epsilon.
+
+  Args:
+    config: The run's config.
+    task: The bound task.
+    dim: `model_dim(task)` if already known (0: computed when needed).
+  """
+  check_task(config, task)
+  if not dim and needs_model_dim(config):
+    dim = model_dim(task)
   datasets = algorithms.build_dataset_computation(
       task, config.client_epochs, config.client_batch_size)
   return algorithms.build_training_process(
@@ -155,19 +286,37 @@ def training_process(config: TrainConfig, task: task_base.Task
       server_optimizer=optimizers.build(config.server_optimizer,
                                         config.server_learning_rate,
                                         config.server_momentum),
-      aggregator=aggregator(config, len(task.manifest.clients)),
-      fedprox_mu=config.fedprox_mu if config.algorithm == 'fedprox' else 0.0)
+      aggregator=aggregator(config, len(task.manifest.clients), dim),
+      fedprox_mu=config.fedprox_mu if config.algorithm == 'fedprox' else 0.0,
+      withhold_train_metrics=is_private(config))
 
 
-def schedule(config: TrainConfig, client_ids: list[str], first_round: int
-             ) -> loop.Schedule:
-  """Rounds, sampling and client keys from the config."""
+def schedule(config: TrainConfig, client_ids: list[str], first_round: int,
+             sampler_key: Optional[bytes] = None) -> loop.Schedule:
+  """Rounds, sampling and client keys from the config.
+
+  Args:
+    config: The run's config.
+    client_ids: The population.
+    first_round: The first round to run.
+    sampler_key: DP runs: the secret key the sample is drawn with
+      (`sampling.SecretSampler`), never --seed; None otherwise.
+  """
+  if is_private(config) and sampler_key is None:
+    raise ValueError('a DP run samples with a secret key, not --seed')
+  if sampler_key is not None:
+    secret = sampling.SecretSampler(sampler_key)
+    sample = lambda round_num: secret.sample(
+        config.client_sampling, client_ids, config.clients_per_round,
+        round_num)
+  else:
+    sample = lambda round_num: sampling.sample(
+        config.client_sampling, client_ids, config.clients_per_round,
+        config.seed, round_num)
   return loop.Schedule(
       first_round=first_round, last_round=config.rounds,
       eval_every=config.eval_every,
-      sample=lambda round_num: sampling.sample(
-          config.client_sampling, client_ids, config.clients_per_round,
-          config.seed, round_num),
+      sample=sample,
       client_key=lambda client, round_num: client_data.client_key(
           client, client_data.shuffle_seed(config.seed, round_num, client)))
 
@@ -178,21 +327,48 @@ def _clip_norm(metrics: Any) -> Optional[float]:
   return float(query['clip']) if 'clip' in query else None
 
 
-def privacy_annotator(config: TrainConfig, population: int
+def ledger(config: TrainConfig, population: int, dim: int = 0):
+  """The privacy ledger of a DP run: `after(rounds)` -> the row's fields.
+
+  distributed_dp: its own RDP bound composed with the sampling
+  (`ddp_accounting.Ledger`, with `epsilon_coordinator`); central DP:
+  dp-accounting's sampled Gaussian (`privacy.Ledger`), secagg_dp with its
+  rounding's sensitivity inflation. With --log_participants, epsilon is
+  the unamplified one and the row says so.
+  """
+  logged = config.log_participants
+  if config.aggregator == DISTRIBUTED_DP:
+    return ddp_accounting.Ledger(
+        distributed_mechanism(config, population, dim),
+        config.clients_per_round / population, config.delta,
+        participants_logged=logged)
+  return privacy.Ledger(noise_multiplier(config, population, dim),
+                        sampling_of(config, population), config.delta,
+                        amplified=not logged,
+                        sensitivity_inflation=sensitivity_inflation(
+                            config, dim))
+
+
+def privacy_annotator(config: TrainConfig, population: int, dim: int = 0
                       ) -> Optional[Callable[[int, Any], dict[str, Any]]]:
-  """Adds `clip` and the ledger's `privacy` to each row of a DP run."""
+  """Adds `clip` and the ledger's `privacy` to each row of a DP run.
+
+  Args:
+    config: The run's config.
+    population: The number of clients.
+    dim: `model_dim` of the task (distributed_dp and secagg_dp need it).
+  """
   if not is_private(config):
     return None
-  ledger = privacy.Ledger(noise_multiplier(config, population),
-                          sampling_of(config, population), config.delta)
+  run_ledger = ledger(config, population, dim)
 
   def annotate(round_num: int, metrics: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {'privacy': ledger.after(round_num)}
+    fields: dict[str, Any] = {'privacy': run_ledger.after(round_num)}
     if metrics is not None:
       fields['clip'] = _clip_norm(metrics) or config.clip
     return fields
 
-  annotate.ledger = ledger  # For the summary.
+  annotate.ledger = run_ledger  # For the summary.
   return annotate
 
 
@@ -220,6 +396,8 @@ class LocalSetup:
 
   def evaluator(self) -> rounds.Evaluator:
     if self.task.evaluator_builder is not None:
+      if is_private(self.config):
+        return evaluation.WithheldEvaluator()  # Clients' data: outside DP.
       return self.task.evaluator_builder()
     return evaluation.CentralEvaluator(self.task, self.config.eval_batch_size)
 
@@ -231,7 +409,7 @@ class LocalSetup:
     return secure_round.LocalSecureRound(
         secure_form.SecureForm(process.next, len(self.task.manifest.clients),
                                self._mask_root),
-        self._mask_root)
+        self._mask_root, set_participants=distributed_dp.set_participants)
 
   def close(self) -> None:
     if self._mask_root is not None:
@@ -296,6 +474,8 @@ class RemoteSetup:
     if self.eval_task.evaluator_builder is None:
       return evaluation.CentralEvaluator(self.eval_task,
                                          self.config.eval_batch_size)
+    if is_private(self.config):
+      return evaluation.WithheldEvaluator()  # Users' held-out data.
 
     def distribute(comp):
       evaluate = self._distributed(comp)
@@ -319,7 +499,9 @@ class RemoteSetup:
       runner = secure_round.RemoteSecureRound(
           self.cluster, self.view, form, self.merger,
           round_timeout=self.config.round_timeout,
-          retries=self.config.round_retries)
+          retries=self.config.round_retries,
+          # Each attempt's count (distributed_dp's noise shares).
+          set_participants=distributed_dp.set_participants)
     else:
       distributed_next = self._distributed(process.next)
       runner = lambda state, keys, client_ids, round_num: distributed_next(

@@ -60,18 +60,29 @@ def main(argv: list[str]) -> int:
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  final = result.summary['final_eval']
-  print(f'done: eval accuracy {final["accuracy"]:.4f}, loss {final["loss"]:.4f} '
-        f'after round {config.rounds}; {result.summary["wall_seconds"]:.0f}s; '
+  final = result.summary['final_eval'] or {}
+  scores = (f'eval accuracy {final["accuracy"]:.4f}, loss {final["loss"]:.4f}'
+            if 'accuracy' in final and 'loss' in final else
+            'evaluation withheld (DP: it would use clients\' data)')
+  print(f'done: {scores} after round {config.rounds}; '
+        f'{result.summary["wall_seconds"]:.0f}s; '
         f'results in {config.output_dir}', file=sys.stderr)
   spent = result.summary.get('privacy')
   if spent:
     epsilon = spent['epsilon']
     epsilon = f'{epsilon:.3f}' if isinstance(epsilon, float) else epsilon
+    amplified = ('' if spent.get('amplified', True) else
+                 ', not amplified by sampling: participants are logged')
     print(f'privacy: ({epsilon}, {spent["delta"]})-DP after '
           f'{spent["rounds"]} rounds at noise multiplier '
-          f'{spent["noise_multiplier"]:.3f} ({spent["accountant"]} accountant)',
-          file=sys.stderr)
+          f'{spent["noise_multiplier"]:.3f} ({spent["accountant"]} accountant'
+          f'{amplified})', file=sys.stderr)
+    if 'epsilon_coordinator' in spent:
+      coordinator = spent['epsilon_coordinator']
+      coordinator = (f'{coordinator:.3f}' if isinstance(coordinator, float)
+                     else coordinator)
+      print(f'privacy against the coordinator (it knows the sample): '
+            f'epsilon {coordinator}; bits {spent["bits"]}', file=sys.stderr)
   return 0
 
 

@@ -152,7 +152,9 @@ class CoordinatorMetrics:
     """Takes one metrics.jsonl row (as training_loop's on_round gives it)."""
     self.round.set(row['round'])
     self.round_seconds.set(row.get('round_seconds', 0.0))
-    self.round_clients.set(len(row.get('clients') or ()))
+    # DP runs' rows carry counts, not ids.
+    self.round_clients.set(row['clients_count'] if 'clients_count' in row
+                           else len(row.get('clients') or ()))
     self._set_task_metrics(self.train, row.get('train') or {}, 'train')
     self._set_task_metrics(self.eval, row.get('eval') or {}, 'eval')
     epsilon = (row.get('privacy') or {}).get('epsilon')

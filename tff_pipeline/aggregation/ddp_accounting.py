@@ -111,6 +111,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from scipy import special
 
 from data_prep.errors import UserError
+from tff_pipeline.aggregation import privacy
 
 # Integer RDP orders: the Skellam bound and Zhu and Wang's bound are stated for
 # integers. Up to 256 covers epsilons down to about 0.1 at delta = 1e-5.
@@ -419,7 +420,7 @@ def check_clients(expected_clients: float) -> None:
 def calibrate(target_epsilon: float, *, dim: int, clip: float,
               expected_clients: float, bits: int,
               sampling_probability: float, rounds: int, delta: float,
-              tolerance: float = 0.01) -> float:
+              tolerance: float = 0.01, amplified: bool = True) -> float:
   """About the smallest noise multiplier whose epsilon is <= the target.
 
   Bisection on z; epsilon decreases with z (ddp_accounting_test checks it on
@@ -437,6 +438,7 @@ def calibrate(target_epsilon: float, *, dim: int, clip: float,
     rounds: Rounds of the run, at least 1.
     delta: The target delta.
     tolerance: Width of the final bracket on z.
+    amplified: False: for the unamplified epsilon (logged participants).
 
   Returns:
     z with epsilon(z) <= target_epsilon and, if z > tolerance,
@@ -457,7 +459,8 @@ def calibrate(target_epsilon: float, *, dim: int, clip: float,
   def eps_at(z: float, b: int = bits) -> float:
     params = SkellamParams(dim=dim, clip=clip, noise_multiplier=z,
                            expected_clients=expected_clients, bits=b)
-    return epsilon(params, sampling_probability, rounds, delta)['epsilon']
+    return epsilon(params, sampling_probability, rounds, delta,
+                   amplified)['epsilon']
 
   lo, hi = 0.0, 1.0
   while eps_at(hi) > target_epsilon:
@@ -546,11 +549,11 @@ def default_bits(expected_clients: float, dim: int,
   return MAX_BITS
 
 
-
 def calibrate_with_bits(target_epsilon: float, *, dim: int, clip: float,
                         expected_clients: float,
                         sampling_probability: float, rounds: int,
-                        delta: float) -> tuple[float, int]:
+                        delta: float, amplified: bool = True
+                        ) -> tuple[float, int]:
   """(noise multiplier, bits) for a budget when the bits are not given.
 
   The bits rule depends on the noise (more noise, smaller scale) and the
@@ -568,7 +571,7 @@ def calibrate_with_bits(target_epsilon: float, *, dim: int, clip: float,
       z = calibrate(target_epsilon, dim=dim, clip=clip,
                     expected_clients=expected_clients, bits=bits,
                     sampling_probability=sampling_probability, rounds=rounds,
-                    delta=delta)
+                    delta=delta, amplified=amplified)
     except TooFewBitsError:
       bits += 1
       continue
@@ -595,3 +598,31 @@ def ledger_row(params: SkellamParams, sampling_probability: float,
   row['epsilon_coordinator'] = unamplified['epsilon']
   row['sampling_probability'] = sampling_probability
   return row
+
+
+class Ledger:
+  """The privacy fields of each row of a distributed_dp run (`ledger_row`).
+
+  Attributes:
+    params: The mechanism.
+    sampling_probability: q, each client's chance to take part in a round.
+    delta: The target delta.
+    participants_logged: The sample is public (--log_participants):
+      'epsilon' is the unamplified one, and the row says so.
+  """
+
+  def __init__(self, params: SkellamParams, sampling_probability: float,
+               delta: float, participants_logged: bool = False):
+    _check_common(0, delta, sampling_probability)
+    self.params = params
+    self.sampling_probability = sampling_probability
+    self.delta = delta
+    self.participants_logged = participants_logged
+
+  def after(self, rounds: int) -> dict[str, Any]:
+    """The guarantee after `rounds` rounds, JSON-safe, for a metrics row."""
+    row = ledger_row(self.params, self.sampling_probability, rounds,
+                     self.delta, self.participants_logged)
+    if self.participants_logged:
+      row['note'] = privacy.UNAMPLIFIED_NOTE
+    return privacy.to_json_safe(row)

@@ -287,6 +287,20 @@ class LedgerTest(absltest.TestCase):
     self.assertLess(row['epsilon'], logged['epsilon'])
     self.assertEqual(row['sampling_probability'], 0.1)
 
+  def test_ledger_rows(self):
+    params = _params()
+    row = ddp_accounting.Ledger(params, 0.1, DELTA).after(50)
+    self.assertEqual(row, ddp_accounting.ledger_row(params, 0.1, 50, DELTA))
+    self.assertNotIn('note', row)
+    logged = ddp_accounting.Ledger(params, 0.1, DELTA,
+                                   participants_logged=True).after(50)
+    self.assertIn('--log_participants', logged['note'])
+    self.assertFalse(logged['amplified'])
+    # No noise: JSON-safe infinities.
+    free = ddp_accounting.Ledger(_params(noise_multiplier=0.0), 0.1,
+                                 DELTA).after(3)
+    self.assertEqual(free['epsilon'], 'inf')
+
 
 class DefaultBitsTest(absltest.TestCase):
 

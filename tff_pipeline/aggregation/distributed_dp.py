@@ -232,6 +232,7 @@ class DistributedDpFactory(tff.aggregators.UnweightedAggregationFactory):
 
   def __init__(self, clip: float, noise_multiplier: float,
                expected_clients: float, bits: int, *,
+               dim: Optional[int] = None,
                seed: Optional[int] = None, add_noise: bool = True):
     """Checks the settings.
 
@@ -241,6 +242,8 @@ class DistributedDpFactory(tff.aggregators.UnweightedAggregationFactory):
       expected_clients: Expected participants per round (the mean's
         denominator; sets the scale).
       bits: Secure sums add modulo 2^bits.
+      dim: The model parameters the run's accounting assumed; `create`
+        refuses a model of another size (None: not checked).
       seed: Tests only: reproducible rounding and noise (never in a run: the
         noise would be known to whoever knows the seed).
       add_noise: Tests only: False leaves every noise share out.
@@ -255,7 +258,8 @@ class DistributedDpFactory(tff.aggregators.UnweightedAggregationFactory):
     self._bits = int(bits)
     self._seed = seed
     self._add_noise = add_noise
-    self.params_for(1)
+    self._dim = dim
+    self.params_for(dim or 1)
 
   def params_for(self, dim: int) -> ddp_accounting.SkellamParams:
     """The mechanism for a model of `dim` parameters."""
@@ -269,6 +273,10 @@ class DistributedDpFactory(tff.aggregators.UnweightedAggregationFactory):
     if not all(s.dtype.is_floating for s in flat_specs):
       raise TypeError(f'distributed_dp sums floats only, got {value_type}')
     sizes = [int(np.prod(s.shape, dtype=np.int64)) for s in flat_specs]
+    if self._dim is not None and sum(sizes) != self._dim:
+      raise ValueError(
+          f'distributed_dp: the aggregated update has {sum(sizes)} '
+          f'parameters, but its accounting assumed {self._dim}')
     params = self.params_for(sum(sizes))
     seed, add_noise, denominator = self._seed, self._add_noise, self._expected
     initial_seed = np.array(

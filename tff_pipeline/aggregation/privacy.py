@@ -120,13 +120,16 @@ def sensitivity_in_clips(sampling: Sampling) -> float:
 
 
 def dp_event(noise_multiplier: float, sampling: Sampling,
-             rounds: int) -> dp_accounting.DpEvent:
+             rounds: int, amplified: bool = True) -> dp_accounting.DpEvent:
   """Returns the DpEvent of `rounds` rounds of sampled Gaussian noise.
 
   Args:
     noise_multiplier: Noise standard deviation over the clipping norm.
     sampling: How clients are sampled each round.
     rounds: The number of rounds; 0 gives a NoOpDpEvent.
+    amplified: False: the sample is public (logged participants), so each
+      round is the Gaussian mechanism itself, for a client in every round
+      (the same neighbours and sensitivity as with sampling).
   """
   _check_noise_multiplier(noise_multiplier)
   _check_rounds(rounds, 0)
@@ -135,6 +138,8 @@ def dp_event(noise_multiplier: float, sampling: Sampling,
   # dp_accounting's multiplier is over the L2 sensitivity, not the clip.
   gaussian = dp_accounting.GaussianDpEvent(
       noise_multiplier / sensitivity_in_clips(sampling))
+  if not amplified:
+    return dp_accounting.SelfComposedDpEvent(gaussian, rounds)
   if sampling.kind == 'poisson':
     round_event = dp_accounting.PoissonSampledDpEvent(sampling.probability,
                                                       gaussian)
@@ -154,11 +159,11 @@ def _neighboring_relation(
 
 
 def _rdp_epsilon(noise_multiplier: float, sampling: Sampling, rounds: int,
-                 delta: float) -> float | None:
+                 delta: float, amplified: bool = True) -> float | None:
   """Returns the RDP epsilon, or None where dp_accounting fails."""
   accountant = rdp.RdpAccountant(
       neighboring_relation=_neighboring_relation(sampling))
-  accountant.compose(dp_event(noise_multiplier, sampling, rounds))
+  accountant.compose(dp_event(noise_multiplier, sampling, rounds, amplified))
   try:
     return float(accountant.get_epsilon(delta))
   except ValueError:
@@ -170,8 +175,9 @@ def _rdp_epsilon(noise_multiplier: float, sampling: Sampling, rounds: int,
 
 
 def _pld_epsilon(noise_multiplier: float, sampling: Sampling, rounds: int,
-                 delta: float, epsilon_rdp: float | None) -> float | None:
-  if sampling.kind != 'poisson':
+                 delta: float, epsilon_rdp: float | None,
+                 amplified: bool = True) -> float | None:
+  if sampling.kind != 'poisson' and amplified:
     return None
   interval = PLD_VALUE_DISCRETIZATION_INTERVAL
   if epsilon_rdp is not None:
@@ -181,7 +187,7 @@ def _pld_epsilon(noise_multiplier: float, sampling: Sampling, rounds: int,
   accountant = pld.PLDAccountant(
       neighboring_relation=_neighboring_relation(sampling),
       value_discretization_interval=interval)
-  event = dp_event(noise_multiplier, sampling, rounds)
+  event = dp_event(noise_multiplier, sampling, rounds, amplified)
   if not accountant.supports(event):
     return None
   accountant.compose(event)
@@ -189,10 +195,12 @@ def _pld_epsilon(noise_multiplier: float, sampling: Sampling, rounds: int,
 
 
 def epsilon(noise_multiplier: float, sampling: Sampling, rounds: int,
-            delta: float) -> dict[str, Any]:
+            delta: float, amplified: bool = True) -> dict[str, Any]:
   """Returns the (epsilon, delta) guarantee of a DP-FedAvg run.
 
   Both accountants give valid upper bounds; the result is the smaller.
+  `amplified=False` (a public sample) composes the unsampled Gaussian
+  mechanism `rounds` times, for a client in every round.
 
   Args:
     noise_multiplier: Noise standard deviation over the clipping norm; 0 means
@@ -222,11 +230,13 @@ def epsilon(noise_multiplier: float, sampling: Sampling, rounds: int,
     # Exact, and dp_accounting cannot compose 0 rounds (nor, for fixed-size
     # sampling, zero noise).
     epsilon_rdp = 0.0 if rounds == 0 else math.inf
-    epsilon_pld = epsilon_rdp if sampling.kind == 'poisson' else None
+    epsilon_pld = (epsilon_rdp if sampling.kind == 'poisson' or not amplified
+                   else None)
   else:
-    epsilon_rdp = _rdp_epsilon(noise_multiplier, sampling, rounds, delta)
+    epsilon_rdp = _rdp_epsilon(noise_multiplier, sampling, rounds, delta,
+                               amplified)
     epsilon_pld = _pld_epsilon(noise_multiplier, sampling, rounds, delta,
-                               epsilon_rdp)
+                               epsilon_rdp, amplified)
   if epsilon_rdp is None and epsilon_pld is None:
     raise UserError(
         f'privacy accounting failed numerically for --noise_multiplier='
@@ -244,6 +254,7 @@ def epsilon(noise_multiplier: float, sampling: Sampling, rounds: int,
       'epsilon_rdp': epsilon_rdp,
       'epsilon_pld': epsilon_pld,
       'accountant': accountant,
+      'amplified': amplified,
   }
 
 
@@ -251,7 +262,8 @@ def calibrate_noise_multiplier(target_epsilon: float,
                                sampling: Sampling,
                                rounds: int,
                                delta: float,
-                               tolerance: float = 0.01) -> float:
+                               tolerance: float = 0.01,
+                               amplified: bool = True) -> float:
   """Returns about the smallest noise multiplier reaching target_epsilon.
 
   Uses the RDP accountant only: it is fast and its epsilon is monotone in the
@@ -264,6 +276,7 @@ def calibrate_noise_multiplier(target_epsilon: float,
     rounds: The number of rounds, at least 1.
     delta: The target delta.
     tolerance: Width of the final bracket.
+    amplified: False: for the unamplified epsilon (logged participants).
 
   Returns:
     z with RDP epsilon(z) <= target_epsilon and, if z > tolerance,
@@ -282,7 +295,7 @@ def calibrate_noise_multiplier(target_epsilon: float,
     raise ValueError(f'tolerance must be positive, got {tolerance}')
 
   def fits(z: float) -> bool:
-    eps = _rdp_epsilon(z, sampling, rounds, delta)
+    eps = _rdp_epsilon(z, sampling, rounds, delta, amplified)
     if eps is None:
       raise UserError(
           f'cannot calibrate: RDP accounting fails numerically at noise '
@@ -327,20 +340,51 @@ def to_json_safe(d: dict[str, Any]) -> dict[str, Any]:
   return _json_safe(d)
 
 
+# What a row says when participants are logged.
+UNAMPLIFIED_NOTE = ('participants are logged (--log_participants): epsilon '
+                    'without amplification by sampling')
+
+
 class Ledger:
-  """The (epsilon, delta) spent after each round of a DP run."""
+  """The (epsilon, delta) spent after each round of a central DP run.
+
+  Attributes:
+    noise_multiplier: Noise standard deviation over the clip.
+    sampling: How rounds pick clients.
+    delta: The target delta.
+    amplified: False when the sample is public (logged participants).
+    sensitivity_inflation: A record's L2 sensitivity over the clip (above 1
+      where rounding can lengthen it: secagg_dp); the accountant takes
+      noise_multiplier / sensitivity_inflation.
+  """
 
   def __init__(self, noise_multiplier: float, sampling: Sampling,
-               delta: float):
+               delta: float, amplified: bool = True,
+               sensitivity_inflation: float = 1.0):
+    if not sensitivity_inflation >= 1:
+      raise ValueError('sensitivity_inflation must be >= 1, got '
+                       f'{sensitivity_inflation}')
     self.noise_multiplier = noise_multiplier
     self.sampling = sampling
     self.delta = delta
+    self.amplified = amplified
+    self.sensitivity_inflation = sensitivity_inflation
+
+  @property
+  def effective_noise_multiplier(self) -> float:
+    return self.noise_multiplier / self.sensitivity_inflation
 
   def after(self, rounds: int) -> dict[str, Any]:
     """The guarantee after `rounds` rounds, JSON-safe, for a metrics row."""
     # Both accountants take well under a second per call.
-    spent = to_json_safe(epsilon(self.noise_multiplier, self.sampling, rounds,
-                                 self.delta))
+    spent = to_json_safe(epsilon(self.effective_noise_multiplier,
+                                 self.sampling, rounds, self.delta,
+                                 amplified=self.amplified))
     spent['noise_multiplier'] = self.noise_multiplier
+    if self.sensitivity_inflation != 1.0:
+      spent['sensitivity_inflation'] = self.sensitivity_inflation
+      spent['effective_noise_multiplier'] = self.effective_noise_multiplier
+    if not self.amplified:
+      spent['note'] = UNAMPLIFIED_NOTE
     spent['rounds'] = rounds
     return spent

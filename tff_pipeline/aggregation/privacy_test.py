@@ -6,6 +6,8 @@ from absl.testing import parameterized
 import dp_accounting
 from dp_accounting import pld
 from dp_accounting import rdp
+from scipy import optimize
+from scipy import stats
 
 from tff_pipeline.aggregation import privacy
 from data_prep.errors import UserError
@@ -229,6 +231,56 @@ class PrivacyTest(parameterized.TestCase):
     # RDP's epsilon levels off at about 0.0035 here.
     with self.assertRaisesRegex(UserError, '--target_epsilon.*unreachable'):
       privacy.calibrate_noise_multiplier(1e-4, TUTORIAL, 100, DELTA)
+
+
+def _gdp_epsilon(mu: float, delta: float) -> float:
+  """Exact epsilon of mu-GDP at delta (Dong, Roth, Su 2019, Corollary 2.13).
+
+  T Gaussian mechanisms of noise multiplier z (over the sensitivity) are
+  exactly (sqrt(T) / z)-GDP; delta(eps) = Phi(-eps/mu + mu/2) -
+  e^eps Phi(-eps/mu - mu/2).
+  """
+  def excess(eps):
+    return (stats.norm.cdf(-eps / mu + mu / 2) -
+            math.exp(eps + stats.norm.logcdf(-eps / mu - mu / 2)) - delta)
+  return optimize.brentq(excess, 0.0, mu * mu / 2 + 10 * mu + 50)
+
+
+class UnamplifiedTest(parameterized.TestCase):
+  """Logged participants: no amplification, checked against the GDP formula."""
+
+  @parameterized.parameters(
+      # (sampling, z, rounds): sensitivity C for Poisson (add/remove), 2C for
+      # fixed-size (replace-one).
+      (TUTORIAL, 1.2, 100, 1.0),
+      (TUTORIAL, 4.0, 30, 1.0),
+      (FIXED, 4.0, 30, 2.0))
+  def test_matches_the_gaussian_composed(self, sampling, z, rounds,
+                                         sensitivity):
+    exact = _gdp_epsilon(sensitivity * math.sqrt(rounds) / z, DELTA)
+    spent = privacy.epsilon(z, sampling, rounds, DELTA, amplified=False)
+    self.assertFalse(spent['amplified'])
+    # Both accountants bound the exact value from above; PLD closely.
+    self.assertBetween(spent['epsilon'], exact * (1 - 1e-6), exact * 1.01)
+    amplified = privacy.epsilon(z, sampling, rounds, DELTA)
+    self.assertLess(amplified['epsilon'], spent['epsilon'])
+
+  def test_ledger_says_so(self):
+    ledger = privacy.Ledger(1.2, TUTORIAL, DELTA, amplified=False)
+    row = ledger.after(100)
+    self.assertFalse(row['amplified'])
+    self.assertIn('--log_participants', row['note'])
+    self.assertAlmostEqual(row['epsilon'], privacy.epsilon(
+        1.2, TUTORIAL, 100, DELTA, amplified=False)['epsilon'])
+    self.assertNotIn('note', privacy.Ledger(1.2, TUTORIAL, DELTA).after(100))
+
+  def test_ledger_accounts_for_sensitivity_inflation(self):
+    ledger = privacy.Ledger(1.2, TUTORIAL, DELTA, sensitivity_inflation=1.5)
+    row = ledger.after(100)
+    self.assertEqual(row['noise_multiplier'], 1.2)
+    self.assertAlmostEqual(row['effective_noise_multiplier'], 0.8)
+    self.assertAlmostEqual(row['epsilon'], privacy.epsilon(
+        0.8, TUTORIAL, 100, DELTA)['epsilon'])
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@ import tensorflow_federated as tff
 
 from data_prep.errors import UserError
 from data_prep.errors import did_you_mean
+from tff_pipeline.aggregation import distributed_dp
 from tff_pipeline.secagg import quantized_sum
 
 # dp_adaptive's clip learning rate: TFF's DP-FedAvg default.
@@ -32,12 +33,15 @@ class AggregatorParams:
     noise_multiplier: DP noise standard deviation over the clip.
     clients_per_round: Expected clients per round (DP normalization).
     target_unclipped_quantile: dp_adaptive's target quantile.
+    dim: Parameters of the aggregated update (distributed_dp checks its
+      model against it: its accounting depends on it); 0: not checked.
   """
   clip: float = 1.0
   bits: int = quantized_sum.DEFAULT_BITS
   noise_multiplier: float = 1.0
   clients_per_round: float = 10.0
   target_unclipped_quantile: float = 0.5
+  dim: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,13 @@ def _dp_adaptive(p: AggregatorParams) -> Factory:
       clipped_count_stddev=max(0.05 * expected, p.noise_multiplier))
 
 
+def _distributed_dp(p: AggregatorParams) -> Factory:
+  return distributed_dp.DistributedDpFactory(
+      clip=p.clip, noise_multiplier=p.noise_multiplier,
+      expected_clients=float(p.clients_per_round), bits=p.bits,
+      dim=p.dim or None)
+
+
 AGGREGATORS: dict[str, Aggregator] = {a.name: a for a in (
     Aggregator('mean', secure=False, private=False, build=lambda p: None,
                summary='weighted FedAvg mean, plain sums'),
@@ -94,6 +105,10 @@ AGGREGATORS: dict[str, Aggregator] = {a.name: a for a in (
                    p.noise_multiplier, float(p.clients_per_round), p.clip,
                    p.bits),
                summary='dp_fixed over a secure sum (central noise)'),
+    Aggregator('distributed_dp', secure=True, private=True,
+               build=_distributed_dp,
+               summary='distributed Skellam DP: each client adds its share '
+                       'of the noise before the secure sum'),
 )}
 
 

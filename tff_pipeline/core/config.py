@@ -197,16 +197,22 @@ class TrainConfig:
       'How client updates are combined: mean (weighted, plain), secagg '
       '(unweighted mean of --clip-clipped updates under pairwise-mask secure '
       'aggregation), dp_fixed / dp_adaptive (DP-FedAvg: Gaussian noise, fixed '
-      'or quantile-adaptive clipping), secagg_dp (dp_fixed over secagg).',
+      'or quantile-adaptive clipping), secagg_dp (dp_fixed over secagg), '
+      'distributed_dp (each client adds its share of Skellam noise before '
+      'the secure sum: no server sees an un-noised sum).',
       names='aggregators')
   clip: float = _opt(
       1.0, 'train_args',
       'L2 norm bound of each client update for secagg, dp_fixed and '
       'secagg_dp; the initial bound for dp_adaptive.', check=_positive)
   secagg_bits: int = _opt(
-      32, 'train_args',
-      'Fixed-point bits per coordinate of a securely summed update (Z_2^b).',
-      check=lambda v: None if 8 <= v <= 48 else f'must be in [8, 48], got {v}')
+      0, 'train_args',
+      'Fixed-point bits per coordinate of a securely summed update (Z_2^b). '
+      '0: 32 for secagg and secagg_dp; for distributed_dp the fewest that '
+      'keep rounding within 1% of the signal for --clients_per_round '
+      '(docs/privacy.md).',
+      check=lambda v: None if v == 0 or 8 <= v <= 48 else
+      f'must be 0 (auto) or in [8, 48], got {v}')
   noise_multiplier: float = _opt(
       1.0, 'train_args',
       'DP noise stddev / clip (dp_* and secagg_dp); ignored when '
@@ -276,6 +282,12 @@ class TrainConfig:
   keep_checkpoints: int = _opt(3, 'tracking_args',
                                'How many round checkpoints to keep.',
                                check=_at_least(1))
+  log_participants: bool = _opt(
+      False, 'tracking_args',
+      'DP runs: write the sampled client ids to the outputs (by default '
+      'only counts). The sample is then public, so epsilon is reported '
+      'without amplification by sampling (larger; --target_epsilon '
+      'calibrates for it).')
   progress: bool = _opt(
       True, 'tracking_args',
       'One line per round (round, loss, accuracy, epsilon, failures, '

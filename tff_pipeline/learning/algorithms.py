@@ -10,7 +10,8 @@ the runtime.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import collections
+from typing import Any, Callable, Optional
 
 import tensorflow_federated as tff
 
@@ -40,11 +41,32 @@ def model_fn_for(task: Task) -> Callable[[], tff.learning.models.VariableModel]:
   return model_fn
 
 
+def withhold_metrics(metric_finalizers: Any,
+                     local_unfinalized_metrics_type: Any = None
+                     ) -> tff.Computation:
+  """A `metrics_aggregator` that aggregates nothing: no training metrics.
+
+  For DP runs: the clients' loss, accuracy and example counts would be
+  summed without noise (TFF's `sum_then_finalize`), outside any epsilon.
+  With this aggregator no client metric leaves a client: the round's
+  `client_work.train` metrics are empty.
+  """
+  del metric_finalizers, local_unfinalized_metrics_type
+
+  @tff.federated_computation
+  def aggregate(client_metrics):
+    del client_metrics
+    return tff.federated_value(collections.OrderedDict(), tff.SERVER)
+
+  return aggregate
+
+
 def build_fed_avg(model_fn: Callable[[], tff.learning.models.VariableModel],
                   client_optimizer: Optimizer,
                   server_optimizer: Optimizer,
                   aggregator: Aggregator = None,
-                  fedprox_mu: float = 0.0
+                  fedprox_mu: float = 0.0,
+                  withhold_train_metrics: bool = False
                   ) -> tff.learning.templates.LearningProcess:
   """FedAvg / FedOpt, or FedProx with `fedprox_mu` > 0, over datasets.
 
@@ -55,7 +77,11 @@ def build_fed_avg(model_fn: Callable[[], tff.learning.models.VariableModel],
     aggregator: None: TFF's mean weighted by example counts; else an
       unweighted factory (SecAgg, DP-FedAvg, ...): each client counts once.
     fedprox_mu: FedProx's proximal strength (0: FedAvg).
+    withhold_train_metrics: True (DP runs): no training metrics leave the
+      clients (`withhold_metrics`).
   """
+  metrics = {'metrics_aggregator': withhold_metrics} if (
+      withhold_train_metrics) else {}
   if fedprox_mu:
     # Not tff.learning.algorithms.build_weighted_fed_prox: see fedprox.py.
     client_optimizer = fedprox.ProximalOptimizer(client_optimizer, fedprox_mu)
@@ -64,12 +90,14 @@ def build_fed_avg(model_fn: Callable[[], tff.learning.models.VariableModel],
         model_fn,
         client_optimizer_fn=client_optimizer,
         server_optimizer_fn=server_optimizer,
+        **metrics,
     )
   return tff.learning.algorithms.build_unweighted_fed_avg(
       model_fn,
       client_optimizer_fn=client_optimizer,
       server_optimizer_fn=server_optimizer,
       model_aggregator=aggregator,
+      **metrics,
   )
 
 
@@ -91,24 +119,28 @@ def build_training_process(task: Task, dataset_computation: tff.Computation,
                            client_optimizer: Optimizer,
                            server_optimizer: Optimizer,
                            aggregator: Aggregator = None,
-                           fedprox_mu: float = 0.0
+                           fedprox_mu: float = 0.0,
+                           withhold_train_metrics: bool = False
                            ) -> tff.learning.templates.LearningProcess:
   """The task's learning process, with `next` taking client keys.
 
   Args:
     task: The bound task.
     dataset_computation: Client key -> dataset (`build_dataset_computation`).
-    client_optimizer, server_optimizer, aggregator, fedprox_mu: as for
-      `build_fed_avg`; tasks with their own algorithm (Task.process_builder)
-      take the first three.
+    client_optimizer, server_optimizer, aggregator, fedprox_mu,
+      withhold_train_metrics: as for `build_fed_avg`; tasks with their own
+      algorithm (Task.process_builder) take the first three, and
+      `metrics_aggregator=withhold_metrics` when metrics are withheld.
   """
   if task.process_builder is not None:
+    extra = ({'metrics_aggregator': withhold_metrics}
+             if withhold_train_metrics else {})
     return task.process_builder(dataset_computation, client_optimizer,
-                                server_optimizer, aggregator)
+                                server_optimizer, aggregator, **extra)
   return tff.simulation.compose_dataset_computation_with_learning_process(
       dataset_computation,
       build_fed_avg(model_fn_for(task), client_optimizer, server_optimizer,
-                    aggregator, fedprox_mu))
+                    aggregator, fedprox_mu, withhold_train_metrics))
 
 
 def initial_state(process: tff.learning.templates.LearningProcess,

@@ -9,11 +9,19 @@ leaves the previous checkpoint as the latest one. On top of it:
     kill, not a power loss);
   * resuming tries the newest complete `round_N` first and falls back to
     older ones, with a warning, if it does not load (corrupted or truncated).
+
+Beside the states, the folder holds what resuming needs and a run must not
+release: each checkpointed round's metrics row (`row_<round>.json`, written
+before the state, so a crash between the checkpoint and metrics.jsonl loses
+no row) and, in DP runs, the secret key of the client sampler
+(`sampler.key`, mode 0600). Both are written to a temporary file and renamed
+into place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -24,6 +32,7 @@ from absl import logging
 import tensorflow_federated as tff
 
 from data_prep.errors import UserError
+from tff_pipeline.learning import sampling
 
 State = TypeVar('State')
 
@@ -49,6 +58,36 @@ def _fsync_tree(path: str) -> None:
   _fsync(os.path.dirname(os.path.abspath(path)))
 
 
+_ROW = re.compile(r'^row_(\d+)\.json$')
+SAMPLER_KEY_FILE = 'sampler.key'
+
+
+def _write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
+  tmp = f'{path}.tmp{os.getpid()}'
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  dir_fd = os.open(os.path.dirname(path) or '.', os.O_RDONLY)
+  try:
+    os.fsync(dir_fd)
+  finally:
+    os.close(dir_fd)
+
+
+def _json_default(value: Any) -> Any:
+  if hasattr(value, 'tolist'):  # numpy scalars and arrays
+    return value.tolist()
+  raise TypeError(f'{type(value).__name__} is not JSON serializable')
+
+
 class RoundCheckpoints:
   """Saves the server state after each completed round."""
 
@@ -66,14 +105,62 @@ class RoundCheckpoints:
   def root_dir(self) -> str:
     return self._root_dir
 
-  def save(self, state: Any, round_num: int) -> None:
+  def save(self, state: Any, round_num: int,
+           row: Optional[dict[str, Any]] = None) -> None:
+    """Saves the state after `round_num` (and that round's metrics row)."""
+    if row is not None:
+      os.makedirs(self._root_dir, exist_ok=True)
+      _write_atomically(self._row_path(round_num),
+                        json.dumps(row, default=_json_default).encode())
     asyncio.run(self._manager.save(state, round_num))
     _fsync_tree(os.path.join(self._root_dir, f'{_PREFIX}{round_num}'))
+    if row is not None:
+      kept = set(self.rounds())
+      for name in os.listdir(self._root_dir):
+        match = _ROW.match(name)
+        if match and int(match.group(1)) not in kept:
+          os.remove(os.path.join(self._root_dir, name))
 
   def rounds(self) -> list[int]:
     """Complete versions, oldest first."""
     return sorted(int(m.group(1)) for m in map(
         COMPLETE.fullmatch, os.listdir(self._root_dir)) if m)
+
+  def _row_path(self, round_num: int) -> str:
+    return os.path.join(self._root_dir, f'row_{round_num}.json')
+
+  def saved_row(self, round_num: int) -> Optional[dict[str, Any]]:
+    """The metrics row saved with round `round_num`'s state, if any."""
+    try:
+      with open(self._row_path(round_num), encoding='utf-8') as f:
+        return json.load(f)
+    except FileNotFoundError:
+      return None
+
+  def sampler_key(self, create: bool) -> bytes:
+    """The secret key of a DP run's client sampler.
+
+    Args:
+      create: True for a new run (a fresh key from `secrets` replaces any),
+        False to resume (the key must be there).
+
+    Raises:
+      UserError: resuming without the key.
+    """
+    path = os.path.join(self._root_dir, SAMPLER_KEY_FILE)
+    if create:
+      key = sampling.new_secret_key()
+      os.makedirs(self._root_dir, exist_ok=True)
+      _write_atomically(path, key.hex().encode() + b'\n', mode=0o600)
+      return key
+    try:
+      with open(path, encoding='ascii') as f:
+        return bytes.fromhex(f.read().strip())
+    except (FileNotFoundError, ValueError):
+      raise UserError(
+          f'--resume: {path} (the secret client-sampler key of this DP run) '
+          'is missing or damaged; the run cannot continue its sampling - '
+          'start a new run in another --output_dir') from None
 
   def latest_round(self) -> Optional[int]:
     rounds = self.rounds()

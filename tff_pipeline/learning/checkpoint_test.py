@@ -148,5 +148,31 @@ class RoundCheckpointsTest(absltest.TestCase):
       ckpt.load_latest(_state(0.0))
 
 
+  def test_rows_are_saved_with_their_state_and_pruned_with_it(self):
+    ckpt = checkpoint.RoundCheckpoints(self._dir, keep=2)
+    for r in (1, 2, 3):
+      ckpt.save(_state(float(r)), r,
+                row={'round': r, 'loss': np.float32(0.5), 'n': np.int64(r)})
+    self.assertIsNone(ckpt.saved_row(1))
+    self.assertEqual(ckpt.saved_row(3), {'round': 3, 'loss': 0.5, 'n': 3})
+    self.assertEqual(sorted(os.listdir(self._dir)),
+                     ['round_2', 'round_3', 'row_2.json', 'row_3.json'])
+    self.assertEqual(ckpt.latest_round(), 3)  # Row files are not versions.
+
+  def test_sampler_key_is_secret_and_kept(self):
+    ckpt = checkpoint.RoundCheckpoints(self._dir)
+    key = ckpt.sampler_key(create=True)
+    self.assertLen(key, 32)
+    path = os.path.join(self._dir, checkpoint.SAMPLER_KEY_FILE)
+    self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+    self.assertEqual(checkpoint.RoundCheckpoints(self._dir).sampler_key(
+        create=False), key)
+    # A new run makes a new key.
+    self.assertNotEqual(ckpt.sampler_key(create=True), key)
+
+  def test_resuming_without_the_key_is_a_user_error(self):
+    with self.assertRaisesRegex(UserError, 'sampler key.*another --output_dir'):
+      checkpoint.RoundCheckpoints(self._dir).sampler_key(create=False)
+
 if __name__ == '__main__':
   absltest.main()

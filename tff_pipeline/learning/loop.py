@@ -65,14 +65,35 @@ def train_metrics(metrics: Any) -> dict[str, Any]:
   return row
 
 
-def _report_fields(report: Optional[rounds_lib.RoundReport]
+def _without_ids(text: str, client_ids: Sequence[str]) -> str:
+  for client in sorted(client_ids, key=len, reverse=True):
+    text = text.replace(client, '<client>')
+  return text
+
+
+def _report_fields(report: Optional[rounds_lib.RoundReport],
+                   release_ids: bool, sampled: Sequence[str]
                    ) -> dict[str, Any]:
   if report is None:
     return {}
-  fields = {'failures': report.failures, 'network': report.network(),
+  failures = report.failures
+  if not release_ids:
+    failures = []
+    for failure in report.failures:
+      failure = dict(failure)
+      ids = failure.pop('clients', None)
+      if ids is not None:
+        failure['clients_count'] = len(ids)
+      if isinstance(failure.get('error'), str):  # A path may name a client.
+        failure['error'] = _without_ids(failure['error'], sampled)
+      failures.append(failure)
+  fields = {'failures': failures, 'network': report.network(),
             'pod_seconds': report.pod_seconds}
   if report.participants is not None:
-    fields['participants'] = report.participants
+    if release_ids:
+      fields['participants'] = report.participants
+    else:
+      fields['participants_count'] = len(report.participants)
   return fields
 
 
@@ -81,11 +102,20 @@ def run(process: tff.learning.templates.LearningProcess, state: Any,
         schedule: Schedule, writer: metrics_io.MetricsWriter,
         checkpoints: checkpoint.RoundCheckpoints,
         annotators: Sequence[Annotator] = (),
-        hooks: Sequence[RowHook] = ()) -> LoopResult:
+        hooks: Sequence[RowHook] = (),
+        release_ids: bool = True) -> LoopResult:
   """Runs rounds schedule.first_round..last_round.
 
-  Each round writes its metrics row, then its checkpoint: a crash in
-  between redoes the round on resume.
+  Each round saves its checkpoint (with its row) before it releases the row
+  (metrics.jsonl, hooks): nothing about a round is released that a resumed
+  run could redo differently. A crash before the checkpoint redoes the round
+  on resume; a crash after it loses no row (the caller writes the saved
+  one).
+
+  Args:
+    release_ids: False (DP runs): rows carry how many clients were sampled
+      and took part (`clients_count`, `participants_count`, failures'
+      `clients_count`), not who.
 
   Returns:
     The final state, the rows of this invocation and the last evaluation.
@@ -107,19 +137,21 @@ def run(process: tff.learning.templates.LearningProcess, state: Any,
     row: dict[str, Any] = {
         'round': round_num,
         'round_seconds': time.monotonic() - start,
-        'clients': sampled,
+        **({'clients': sampled} if release_ids else
+           {'clients_count': len(sampled)}),
         'train': train_metrics(metrics) if metrics is not None else {},
-        **_report_fields(report),
+        **_report_fields(report, release_ids, sampled),
     }
     for annotate in annotators:
       row.update(annotate(round_num, metrics))
     if schedule.evaluates(round_num):
       eval_start = time.monotonic()
       last_eval = evaluator.evaluate(process.get_model_weights(state))
-      row['eval'] = last_eval
-      row['eval_seconds'] = time.monotonic() - eval_start
+      if last_eval:  # An evaluator may withhold it (DP runs).
+        row['eval'] = last_eval
+        row['eval_seconds'] = time.monotonic() - eval_start
+    checkpoints.save(state, round_num, row=row)
     writer.write(row)
-    checkpoints.save(state, round_num)
     rows.append(row)
     for hook in hooks:
       hook(row)

@@ -35,6 +35,13 @@ def _metrics(values: Mapping[str, Any], skip: tuple[str, ...] = ()) -> str:
                    and isinstance(values[name], (int, float)))
 
 
+def _participants(row: Mapping[str, Any]) -> int:
+  """How many clients trained in the row's round (DP rows hold counts)."""
+  if 'participants_count' in row:
+    return row['participants_count']
+  return len(row.get('participants', ()))
+
+
 class Progress:
   """Shows each round's metrics row; see the module docstring."""
 
@@ -54,8 +61,12 @@ class Progress:
     if row.get('eval'):
       self._last_eval = row['eval']
     parts = [f'round {round_num}/{self._total}']
-    parts.append(_metrics(row['train']) if row.get('train')
-                 else 'no client sampled')
+    if row.get('train'):
+      parts.append(_metrics(row['train']))
+    elif 'privacy' in row and _participants(row):
+      parts.append('train metrics withheld (DP)')
+    else:
+      parts.append('no client sampled')
     if self._last_eval:
       parts.append('eval ' + _metrics(self._last_eval, skip=('loss',)))
     spent = row.get('privacy')

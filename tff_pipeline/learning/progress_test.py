@@ -76,6 +76,21 @@ class ProgressTest(absltest.TestCase):
     self.assertTrue(text.endswith('\n'))
     self.assertEqual(text.count('\n'), 1)
 
+  def test_dp_rows_without_training_metrics(self):
+    stream = io.StringIO()
+    bar = progress.Progress(total_rounds=3, stream=stream)
+    private = {'privacy': {'epsilon': 0.5, 'delta': 1e-5}, 'train': {}}
+    bar.update({'round': 1, 'participants_count': 9, **private})
+    bar.update({'round': 2, 'participants_count': 11,
+                'eval': {'loss': 0.9, 'accuracy': 0.6}, **private})
+    bar.update({'round': 3, 'participants_count': 0, **private})
+    lines = stream.getvalue().splitlines()
+    self.assertNotIn('loss', lines[0])
+    self.assertIn('round 1/3  train metrics withheld (DP)  eps 0.500',
+                  lines[0])
+    self.assertIn('eval acc 0.6000', lines[1])
+    self.assertIn('no client sampled', lines[2])
+
   def test_disabled_prints_nothing(self):
     stream = io.StringIO()
     progress.Progress(3, stream=stream, enabled=False).update(

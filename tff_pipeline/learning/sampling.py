@@ -1,7 +1,16 @@
-"""Seeded uniform client sampling."""
+"""Client sampling: seeded (reproducible), or secret (DP runs).
+
+Without DP, a round's clients are a function of (--seed, round), so runs
+repeat exactly. With DP the sample must be secret (amplification by sampling
+assumes nobody knows who took part): `SecretSampler` draws from a key made
+by the OS CSPRNG and kept in the run's checkpoint, never in its outputs.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,3 +66,69 @@ def sample(kind: str, client_ids: Sequence[str], clients_per_round: int,
   if kind == 'poisson':
     return sample_poisson(client_ids, clients_per_round, seed, round_num)
   return sample_clients(client_ids, clients_per_round, seed, round_num)
+
+
+# Secret sampling (DP runs). Amplification by sampling holds only against
+# someone who does not know the sample, so in a DP run the sample must not be
+# a function of anything public (the --seed is in config.json).
+SECRET_KEY_BYTES = 32
+
+
+def new_secret_key() -> bytes:
+  """A fresh sampler key from the OS CSPRNG (`secrets`)."""
+  return secrets.token_bytes(SECRET_KEY_BYTES)
+
+
+class SecretSampler:
+  """Client sampling keyed by a secret: HMAC-SHA256 as the random source.
+
+  Each (round, client) gets 256 pseudorandom bits, HMAC-SHA256(key, "kind
+  round client"): a PRF keyed by 32 bytes from `secrets` (HMAC_DRBG, NIST SP
+  800-90A, draws its output the same way). Without the key the draws are
+  indistinguishable from uniform; with it (the checkpoint holds it) a
+  resumed run draws exactly the samples of the uninterrupted run, and a
+  round redone after a crash draws the same sample again.
+
+  poisson: a client takes part iff its first 64 bits, as an integer h, has
+    h * population < expected * 2^64 (probability expected / population,
+    exactly up to 2^-64).
+  uniform: the `expected` clients with the smallest 256-bit values: a
+    uniformly random subset of that size (the ordering of i.i.d. uniform
+    values is a uniform permutation).
+  """
+
+  def __init__(self, key: bytes):
+    if len(key) < 16:
+      raise ValueError('the sampler key must have at least 128 bits')
+    self._key = bytes(key)
+
+  def _draw(self, kind: str, round_num: int, client_id: str) -> bytes:
+    message = f'{kind}\n{round_num}\n{client_id}'.encode()
+    return hmac.new(self._key, message, hashlib.sha256).digest()
+
+  def poisson(self, client_ids: Sequence[str], expected_per_round: int,
+              round_num: int) -> list[str]:
+    population = len(client_ids)
+    if not 0 < expected_per_round <= population:
+      raise ValueError(f'cannot sample {expected_per_round} of {population} '
+                       'clients')
+    limit = int(expected_per_round) << 64
+    return [c for c in sorted(client_ids)
+            if int.from_bytes(self._draw('poisson', round_num, c)[:8], 'big')
+            * population < limit]
+
+  def uniform(self, client_ids: Sequence[str], clients_per_round: int,
+              round_num: int) -> list[str]:
+    if not 0 < clients_per_round <= len(client_ids):
+      raise ValueError(f'cannot sample {clients_per_round} of '
+                       f'{len(client_ids)} clients')
+    ranked = sorted(client_ids,
+                    key=lambda c: self._draw('uniform', round_num, c))
+    return ranked[:clients_per_round]
+
+  def sample(self, kind: str, client_ids: Sequence[str],
+             clients_per_round: int, round_num: int) -> list[str]:
+    """`--client_sampling`: 'uniform' or 'poisson', as `sample` above."""
+    if kind == 'poisson':
+      return self.poisson(client_ids, clients_per_round, round_num)
+    return self.uniform(client_ids, clients_per_round, round_num)

@@ -1,3 +1,4 @@
+import math
 import os
 import tempfile
 
@@ -102,6 +103,102 @@ class SecureQuantizedSumFactoryTest(absltest.TestCase):
     process = factory.create(_VALUE_TYPE)
     self.assertIn('federated_secure_sum_bitwidth',
                   process.next.to_building_block().compact_representation())
+
+
+def _kairouz_bound(bits: int, dim: int) -> float:
+  """Kairouz et al. (ICML 2021) Theorem 1 with beta = e^-1/2, by hand.
+
+  For x with ||x|| <= h (integer units, h = (2^bits - 1) / 2), one
+  randomized rounding r has, with probability >= 1 - beta,
+  ||r||^2 <= h^2 + d/4 + sqrt(2 ln(1/beta)) (h + sqrt(d)/2), and always
+  ||r|| <= h + sqrt(d).
+  """
+  h = (2**bits - 1) / 2
+  return min((h + math.sqrt(dim))**2,
+             h * h + dim / 4 + 1.0 * (h + math.sqrt(dim) / 2))
+
+
+class DpRoundingTest(absltest.TestCase):
+  """Quantization must not break the DP sensitivity (issue 12, item 4)."""
+
+  def test_inflation_by_hand(self):
+    for bits, dim in ((8, 1_199_882), (16, 1_199_882), (32, 199_210)):
+      h = (2**bits - 1) / 2
+      self.assertAlmostEqual(
+          secagg.dp_sensitivity_inflation(bits, dim),
+          math.sqrt(_kairouz_bound(bits, dim)) / h, places=12)
+    # The issue's example: 8 bits on the CNN.
+    self.assertAlmostEqual(secagg.dp_sensitivity_inflation(8, 1_199_882),
+                           4.415, places=3)
+    self.assertLess(secagg.dp_sensitivity_inflation(32, 1_199_882) - 1, 1e-9)
+
+  def _records(self, bits, dim, count, seed=0):
+    """Records of norm exactly C = h in integer units, as v = u + h."""
+    h = (2**bits - 1) / 2
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+      u = rng.normal(size=dim)
+      yield h + h * u / np.linalg.norm(u)
+
+  def test_plain_rounding_lengthens_records_at_8_bits(self):
+    # What the sensitivity used to assume: ||decoded|| <= C. Plain stochastic
+    # rounding of a C-norm record at 8 bits on 100,000 values decodes to
+    # about sqrt(h^2 + d/6) / h = 1.43 C.
+    bits, dim = 8, 100_000
+    h = (2**bits - 1) / 2
+    rng = np.random.default_rng(1)
+    for v in self._records(bits, dim, 3):
+      low = np.floor(v)
+      r = low + (rng.uniform(size=dim) < v - low)
+      self.assertGreater(np.linalg.norm(r - h) / h, 1.3)
+
+  def test_conditional_rounding_always_within_the_bound(self):
+    for bits, dim in ((8, 100_000), (8, 16), (12, 5000)):
+      h = (2**bits - 1) / 2
+      bound = _kairouz_bound(bits, dim)
+      norms = []
+      for v in self._records(bits, dim, 40, seed=bits + dim):
+        r = secagg._conditional_round(  # pylint: disable=protected-access
+            tf.constant(v), h, secagg.rounded_norm_bound_squared(bits, dim)
+        ).numpy()
+        np.testing.assert_array_equal(r, np.round(r))  # On the grid.
+        self.assertTrue(np.all(np.abs(r - v) < 1))
+        norms.append(np.sum((r - h)**2))
+      with self.subTest(bits=bits, dim=dim):
+        self.assertLessEqual(max(norms), bound)
+
+  def test_fallback_rounds_toward_zero_within_the_bound(self):
+    # Rounding toward the encoding of zero (h, a half-integer: the grid
+    # points nearest it are h -/+ 1/2), computed here by hand, never moves a
+    # coordinate away from h by more than max(|v - h|, 1/2). As the bound,
+    # its own squared norm: random draws (about ||v - h||^2 + d/6, sd ~ h)
+    # fall about 10 sd short of it, so only the fallback fits.
+    bits, dim = 8, 64
+    h = (2**bits - 1) / 2
+    v = next(self._records(bits, dim, 1, seed=5))
+    toward = np.where(v >= h, np.floor(v), np.ceil(v))
+    self.assertTrue(np.all(np.abs(toward - h) <=
+                           np.maximum(np.abs(v - h), 0.5)))
+    tight = float(np.sum((toward - h)**2))
+    self.assertLess(tight, np.sum((v - h)**2) - 500)
+    r = secagg._conditional_round(  # pylint: disable=protected-access
+        tf.constant(v), h, tight).numpy()
+    np.testing.assert_array_equal(r, toward)
+
+  def test_dp_records_decode_within_the_sensitivity(self):
+    # Through the secure sum at 8 bits: one client's decoded record (a sum
+    # of one) has norm <= dp_sensitivity, though its coordinates move by up
+    # to a step each.
+    rng = np.random.default_rng(3)
+    dim = 53
+    for _ in range(5):
+      x = rng.normal(size=dim)
+      x /= np.linalg.norm(x)  # Norm C = 1.
+      values = [[x[:50].astype(np.float32), x[50:].astype(np.float32)]]
+      summed = _sum_of(secagg.SecureQuantizedSumFactory(1.0, 8, l2_clip=True),
+                       values)
+      norm = np.linalg.norm(np.concatenate(summed))
+      self.assertLessEqual(norm, secagg.dp_sensitivity(1.0, 8, dim) + 1e-6)
 
 
 if __name__ == '__main__':

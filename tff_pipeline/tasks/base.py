@@ -74,7 +74,8 @@ class Task:
   rebatch: bool = False
   # Tasks whose algorithm is not FedAvg/FedProx over one Keras model (e.g.
   # Federated Reconstruction): (dataset computation, client optimizer,
-  # server optimizer, model aggregator or None) -> learning process.
+  # server optimizer, model aggregator or None[, metrics_aggregator=: DP runs
+  # pass one that withholds the training metrics]) -> learning process.
   process_builder: Optional[Callable[..., Any]] = None
   # Replaces the central held-out evaluation of the global Keras model with a
   # federated one on the clients' own held-out data: (held-out client ids or

@@ -185,6 +185,7 @@ def build_training_process(
     client_optimizer: tff.learning.optimizers.Optimizer,
     server_optimizer: tff.learning.optimizers.Optimizer,
     aggregator: Optional[tff.aggregators.UnweightedAggregationFactory] = None,
+    metrics_aggregator: Optional[Callable[..., tff.Computation]] = None,
 ) -> tff.learning.templates.LearningProcess:
   """Fed Recon over client keys (datasets built on the executor).
 
@@ -197,7 +198,11 @@ def build_training_process(
     aggregator: None: TFF's weighted mean of the item-weight updates; else an
       unweighted factory (SecAgg, DP): each user counts once, as in
       DP-FedAvg.
+    metrics_aggregator: How training metrics are aggregated (None: TFF's
+      sum_then_finalize); DP runs pass one that withholds them.
   """
+  metrics = ({'metrics_aggregator': metrics_aggregator}
+             if metrics_aggregator is not None else {})
   process = tff.learning.algorithms.build_fed_recon(
       model_fn_for(num_items, seed),
       loss_fn=_loss,
@@ -209,6 +214,7 @@ def build_training_process(
       model_aggregator_factory=aggregator,
       client_weighting=(None if aggregator is None
                         else tff.learning.ClientWeighting.UNIFORM),
+      **metrics,
   )
   return tff.simulation.compose_dataset_computation_with_learning_process(
       dataset_computation, process)
@@ -354,9 +360,10 @@ class MovieLens(base.TaskFamily):
 
   def process_builder(self, manifest: shards.Manifest, seed: int):
     num_items = manifest.source['num_items']
-    return lambda datasets, client_optimizer, server_optimizer, aggregator: (
-        build_training_process(num_items, seed, datasets, client_optimizer,
-                               server_optimizer, aggregator))
+    return lambda datasets, client_optimizer, server_optimizer, aggregator, \
+        metrics_aggregator=None: build_training_process(
+            num_items, seed, datasets, client_optimizer, server_optimizer,
+            aggregator, metrics_aggregator)
 
   def evaluator_builder(self, manifest: shards.Manifest, seed: int):
     return lambda held_out_clients=None, distribute=None: FedReconEvaluator(
