@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
@@ -42,6 +41,7 @@ from workers import local_runtime
 from workers import secure_round
 from workers import tls as tls_lib
 from workers import topology as topology_lib
+from workers.secagg import policy as secagg_policy_lib
 
 
 def resolve_config(yaml_values: Mapping[str, Any],
@@ -121,8 +121,14 @@ def noise_multiplier(config: TrainConfig, population: int) -> float:
   return config.noise_multiplier
 
 
-def aggregator(config: TrainConfig, population: int
-               ) -> Optional[aggregation.Factory]:
+def max_weight(config: TrainConfig, manifest: shards.Manifest) -> float:
+  """The most examples a client trains on in a round (secagg's weight cap)."""
+  largest = max((c.num_examples for c in manifest.clients), default=1)
+  return float(max(1, largest) * config.client_epochs)
+
+
+def aggregator(config: TrainConfig, population: int,
+               max_weight: float = 0.0) -> Optional[aggregation.Factory]:
   """The model aggregator, or None for TFF's weighted mean."""
   spec = aggregation.get(config.aggregator)
   params = aggregation.AggregatorParams(
@@ -130,8 +136,14 @@ def aggregator(config: TrainConfig, population: int
       noise_multiplier=(noise_multiplier(config, population) if spec.private
                         else config.noise_multiplier),
       clients_per_round=float(config.clients_per_round),
-      target_unclipped_quantile=config.target_unclipped_quantile)
+      target_unclipped_quantile=config.target_unclipped_quantile,
+      max_weight=max_weight)
   return spec.build(params)
+
+
+def secagg_policy(config: TrainConfig) -> secagg_policy_lib.Policy:
+  """What every SecAgg+ party of a local run enforces."""
+  return secagg_policy_lib.Policy(min_parties=config.secagg_threshold)
 
 
 def is_secure(config: TrainConfig) -> bool:
@@ -155,7 +167,8 @@ def training_process(config: TrainConfig, task: task_base.Task
       server_optimizer=optimizers.build(config.server_optimizer,
                                         config.server_learning_rate,
                                         config.server_momentum),
-      aggregator=aggregator(config, len(task.manifest.clients)),
+      aggregator=aggregator(config, len(task.manifest.clients),
+                            max_weight(config, task.manifest)),
       fedprox_mu=config.fedprox_mu if config.algorithm == 'fedprox' else 0.0)
 
 
@@ -215,12 +228,12 @@ class LocalSetup:
   def round_runner(self, process) -> rounds.RoundRunner:
     if not is_secure(self.config):
       return rounds.LocalRound(process)
-    # Scratch, not results: each round's masks replace the last round's.
-    self._mask_root = tempfile.mkdtemp(prefix='secagg-masks-')
+    # Scratch, not results: a round's mask lives until its sum is taken.
+    self._mask_root = secure_round.scratch_mask_root()
     return secure_round.LocalSecureRound(
         secure_form.SecureForm(process.next, len(self.task.manifest.clients),
                                self._mask_root),
-        self._mask_root)
+        self._mask_root, policy=secagg_policy(self.config))
 
   def close(self) -> None:
     if self._mask_root is not None:
@@ -310,7 +323,8 @@ class RemoteSetup:
       runner = secure_round.RemoteSecureRound(
           self.cluster, self.view, form, self.merger,
           round_timeout=self.config.round_timeout,
-          retries=self.config.round_retries)
+          retries=self.config.round_retries,
+          min_parties=self.config.secagg_threshold)
     else:
       distributed_next = self._distributed(process.next)
       runner = lambda state, keys, client_ids, round_num: distributed_next(

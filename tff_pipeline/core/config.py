@@ -179,18 +179,27 @@ class TrainConfig:
   aggregator: str = _opt(
       'mean', 'train_args',
       'How client updates are combined: mean (weighted, plain), secagg '
-      '(unweighted mean of --clip-clipped updates under pairwise-mask secure '
-      'aggregation), dp_fixed / dp_adaptive (DP-FedAvg: Gaussian noise, fixed '
-      'or quantile-adaptive clipping), secagg_dp (dp_fixed over secagg).',
+      '(the same weighted mean under SecAgg+ secure aggregation, with an '
+      'adaptive clip that does not bite), dp_fixed / dp_adaptive (DP-FedAvg: '
+      'Gaussian noise, fixed or quantile-adaptive clipping), secagg_dp '
+      '(dp_fixed over a secure sum).',
       names='aggregators')
   clip: float = _opt(
       1.0, 'train_args',
-      'L2 norm bound of each client update for secagg, dp_fixed and '
-      'secagg_dp; the initial bound for dp_adaptive.', check=_positive)
+      'L2 norm bound of each client update for dp_fixed and secagg_dp; the '
+      'initial bound for dp_adaptive (secagg adapts its own clip).',
+      check=_positive)
   secagg_bits: int = _opt(
       32, 'train_args',
       'Fixed-point bits per coordinate of a securely summed update (Z_2^b).',
       check=lambda v: None if 8 <= v <= 48 else f'must be in [8, 48], got {v}')
+  secagg_threshold: int = _opt(
+      3, 'train_args',
+      'Secure aggregation (SecAgg+): the fewest parties whose inputs a '
+      'released sum may cover (parties: the edge pods; on the local runtime, '
+      'the clients). Smaller rounds are skipped and nothing is released. The '
+      'pods enforce their own --secagg_threshold; a remote run refuses pods '
+      'that accept fewer than this.', check=_at_least(2))
   noise_multiplier: float = _opt(
       1.0, 'train_args',
       'DP noise stddev / clip (dp_* and secagg_dp); ignored when '

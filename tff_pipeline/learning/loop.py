@@ -73,6 +73,10 @@ def _report_fields(report: Optional[rounds_lib.RoundReport]
             'pod_seconds': report.pod_seconds}
   if report.participants is not None:
     fields['participants'] = report.participants
+  if getattr(report, 'secagg', None) is not None:
+    fields['secagg'] = report.secagg
+  if getattr(report, 'skipped', ''):
+    fields['skipped'] = report.skipped
   return fields
 
 
@@ -99,7 +103,8 @@ def run(process: tff.learning.templates.LearningProcess, state: Any,
     if sampled:
       keys = [schedule.client_key(c, round_num) for c in sampled]
       output, report = runner(state, keys, sampled, round_num)
-      state, metrics = output.state, output.metrics
+      if output is not None:  # None: the round was skipped (secure rounds).
+        state, metrics = output.state, output.metrics
     else:
       # Poisson sampling drew nobody: nothing trains and nothing is released.
       logging.warning('round %d: no client sampled; the model is unchanged',
