@@ -75,11 +75,13 @@ class SecAggResult:
   extra: Any  # What masked_input returned beside the sum.
   dropped: dict[str, str]  # Party -> the first stage it did not answer.
   outcome: Optional[server_lib.Outcome]
+  asked: list[str] = dataclasses.field(default_factory=list)  # Stage 4.
 
   def summary(self) -> dict[str, Any]:
     """For the metrics row: who took part at each stage, and k, t, q."""
     out: dict[str, Any] = {'attempts': self.attempts,
-                           'dropped': dict(sorted(self.dropped.items()))}
+                           'dropped': dict(sorted(self.dropped.items())),
+                           'inputs_asked': list(self.asked)}
     if self.outcome is not None:
       out.update(participants=self.outcome.participants,
                  survivors=self.outcome.survivors,
@@ -110,6 +112,7 @@ def secure_sum(relay: Relay, masked_input: MaskedInput, *, run: str,
   outcome: Optional[server_lib.Outcome] = None
   failure = ''
   attempt = 0
+  asked: list[str] = []
 
   def collect(stage: str, requests: dict[str, Any], add) -> None:
     replies = relay(stage, requests) if requests else {}
@@ -140,6 +143,7 @@ def secure_sum(relay: Relay, masked_input: MaskedInput, *, run: str,
       collect('shares', {p: request for p in srv.outcome().participants},
               srv.add_shares)
       forwarded = srv.forwarded_shares_requests()
+      asked = sorted(forwarded)
       masked, extra = masked_input(rid, forwarded)
       if masked is not None and masked.parties:
         srv.add_masked_sum(masked)
@@ -153,7 +157,8 @@ def secure_sum(relay: Relay, masked_input: MaskedInput, *, run: str,
       collect('unmask', {p: request for p in srv.outcome().signed},
               srv.add_unmask)
       total = srv.result()
-      return SecAggResult(total, '', attempt, extra, dropped, srv.outcome())
+      return SecAggResult(total, '', attempt, extra, dropped, srv.outcome(),
+                          asked)
     except server_lib.AttemptFailed as e:
       failure, outcome = str(e), srv.outcome()
       logging.warning('%s', failure)
@@ -161,7 +166,7 @@ def secure_sum(relay: Relay, masked_input: MaskedInput, *, run: str,
     except messages.RoundFailed as e:
       failure, outcome = str(e), srv.outcome()
       break
-  return SecAggResult(None, failure, attempt, extra, dropped, outcome)
+  return SecAggResult(None, failure, attempt, extra, dropped, outcome, asked)
 
 
 def party_name(client_id: str) -> str:
@@ -285,6 +290,12 @@ def _pod_policy(view: distributed.ClusterView, pods: Sequence[str],
     raise distributed.ClusterError(
         f'pods {missing[:5]} run no SecAgg+ party; update the edge pods to a '
         'version with SecAgg+')
+  misnamed = [p for p in pods if view.secagg[p].get('party') != p]
+  if misnamed:
+    raise distributed.ClusterError(
+        f'pod {misnamed[0]} runs SecAgg+ as party '
+        f'{view.secagg[misnamed[0]].get("party")!r}; start it with '
+        f'--name={misnamed[0]}, the name in the topology and its certificate')
   broken = [(p, view.secagg[p].get('problem')) for p in pods
             if not view.secagg[p].get('ready')]
   if broken:

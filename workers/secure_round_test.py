@@ -161,28 +161,32 @@ class PodPolicyTest(absltest.TestCase):
     return coordinator.ClusterView(manifest=None, pod_of={}, server_of={},
                                    secagg=secagg)
 
-  def _pod(self, **policy):
-    return {'party': 'x', 'ready': True, 'problem': '',
+  def _pod(self, name, **policy):
+    return {'party': name, 'ready': True, 'problem': '',
             'policy': dict(policy_lib.Policy(**policy).__dict__)}
 
   def test_agreeing_pods_give_their_policy(self):
-    view = self._view({'a': self._pod(min_parties=4),
-                       'b': self._pod(min_parties=4)})
+    view = self._view({'a': self._pod('a', min_parties=4),
+                       'b': self._pod('b', min_parties=4)})
     self.assertEqual(secure_round._pod_policy(view, ['a', 'b'], 3),  # pylint: disable=protected-access
                      policy_lib.Policy(min_parties=4))
 
   def test_pods_that_disagree_accept_too_few_or_are_not_ready_are_refused(
       self):
     cases = {
-        'different SecAgg\\+ policies': {'a': self._pod(min_parties=4),
-                                         'b': self._pod(min_parties=5)},
+        'different SecAgg\\+ policies': {'a': self._pod('a', min_parties=4),
+                                         'b': self._pod('b', min_parties=5)},
         'accept sums over 3 pods, fewer than --secagg_threshold=4': {
-            'a': self._pod(min_parties=3), 'b': self._pod(min_parties=3)},
+            'a': self._pod('a', min_parties=3),
+            'b': self._pod('b', min_parties=3)},
         'disabled on pod b: no certificate': {
-            'a': self._pod(min_parties=4),
-            'b': dict(self._pod(min_parties=4), ready=False,
+            'a': self._pod('a', min_parties=4),
+            'b': dict(self._pod('b', min_parties=4), ready=False,
                       problem='no certificate')},
-        'run no SecAgg\\+ party': {'a': self._pod(min_parties=4)},
+        'run no SecAgg\\+ party': {'a': self._pod('a', min_parties=4)},
+        "runs SecAgg\\+ as party 'edge-1'; start it with --name=b": {
+            'a': self._pod('a', min_parties=4),
+            'b': self._pod('edge-1', min_parties=4)},
     }
     for message, secagg in cases.items():
       with self.subTest(message=message):
