@@ -14,13 +14,16 @@ secagg, ..., mean, secagg, ...), which spreads slow drift of the machine over
 all of them. Prints seconds per round of each (round 1, which includes
 tracing and graph setup, apart), the ratio to plain `mean` against the
 targets (secagg <= 1.25x, DP <= 1.05x; secagg_dp is shown against both),
-bytes per round at the coordinator and edge-server tiers (SecAgg sends int64
-fixed-point sums up: about 2x the bytes of float32 updates; the model going
-down is float32 for all), and the final epsilon of the DP runs.
+bytes per round at the coordinator and edge-server tiers, what one pod
+uploads per round over its float32 update (target for secagg: <= 1.5x;
+SecAgg+ sends one masked sum per pod, packed at b bits per element, b =
+--secagg_bits + ceil(log2(clients + 1))), and the final epsilon of the DP
+runs.
 
-`mean` is TFF's weighted FedAvg; the other aggregators are unweighted means of
-clipped updates. The timing comparison is still fair: the clients do the same
-training on the same data, only how their updates are combined differs.
+`mean` is TFF's weighted FedAvg and `secagg` the same weighted mean under
+SecAgg+; the DP aggregators are unweighted means of clipped updates. The
+timing comparison is fair: the clients do the same training on the same
+data, only how their updates are combined differs.
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ from absl import flags
 from absl import logging
 import tensorflow as tf  # Before absl runs main; see tff_pipeline/train.py.
 
+from tff_pipeline import plan
+from tff_pipeline.aggregation import registry
 from tff_pipeline.core import config as config_lib
 from workers import local_cluster
-from tff_pipeline import plan
 
 _PODS = flags.DEFINE_integer('pods', 10, 'Edge pods.')
 _EDGE_SERVERS = flags.DEFINE_integer('edge_servers', 2, 'Edge servers.')
@@ -161,10 +165,10 @@ def main(argv):
   if _REPEATS.value < 1:
     raise app.UsageError('--repeats must be >= 1')
   aggregators = list(dict.fromkeys(_AGGREGATORS.value))
-  unknown = [a for a in aggregators if a not in config_lib.AGGREGATORS]
+  unknown = [a for a in aggregators if a not in registry.AGGREGATORS]
   if unknown:
     raise app.UsageError(f'--aggregators: unknown {unknown}; choose from '
-                         f'{", ".join(config_lib.AGGREGATORS)}')
+                         f'{", ".join(registry.AGGREGATORS)}')
   if 'mean' not in aggregators:
     raise app.UsageError('--aggregators must include mean (the baseline)')
 
@@ -212,7 +216,7 @@ def main(argv):
            if _REPEATS.value > 1 else ''))
   print(f'{"aggregator":<12} {"s/round":>8} {"round 1":>8} {"ratio":>6}  '
         f'{"coord MB/rd":>11} {"edge MB/rd":>10} {"bytes x":>7} '
-        f'{"upload x":>8}  '
+        f'{"upload x":>8} {"pod up/fp32":>11}  '
         f'{"target":<30} epsilon')
   for aggregator in aggregators:
     r = results[aggregator]
@@ -225,6 +229,10 @@ def main(argv):
     r['bytes_ratio_to_mean'] = all_bytes / plain_bytes
     r['upload_ratio_to_mean'] = (r['upload_bytes_per_round'] /
                                  plain['upload_bytes_per_round'])
+    # Every pod holds a client and takes part in every round here.
+    r['pod_upload_bytes'] = (r['network_per_round']
+                             ['edge_server_bytes_received'] / _PODS.value)
+    r['pod_upload_over_fp32'] = r['pod_upload_bytes'] / model_bytes
     r['targets'] = [{'max_ratio': t, 'met': ratio <= t}
                     for t in _TARGETS.get(aggregator, ())]
     target = ', '.join(f'<= {t["max_ratio"]:.2f}x '
@@ -234,7 +242,8 @@ def main(argv):
     print(f'{aggregator:<12} {r["seconds_per_round"]:8.2f} {round1:8.1f} '
           f'{ratio:6.3f}  {r["coordinator_bytes_per_round"] / 1e6:11.2f} '
           f'{r["edge_server_bytes_per_round"] / 1e6:10.2f} '
-          f'{r["bytes_ratio_to_mean"]:7.2f} {r["upload_ratio_to_mean"]:8.2f}  '
+          f'{r["bytes_ratio_to_mean"]:7.2f} {r["upload_ratio_to_mean"]:8.2f} '
+          f'{r["pod_upload_over_fp32"]:11.3f}  '
           f'{target:<30} {_epsilon_text(r["privacy"])}')
     if _REPEATS.value > 1:
       print(f'{"":<12} per pass: ' + ', '.join(
@@ -242,7 +251,8 @@ def main(argv):
   print("ratio: s/round over mean's; bytes x: coordinator + edge-server bytes "
         "per round over mean's; upload x: the same for the updates only "
         '(pods -> edge servers -> coordinator; the broadcast down is float32 '
-        'for every aggregator)')
+        'for every aggregator); pod up/fp32: bytes one pod sends its edge '
+        'server per round over its float32 update')
 
   failures = sum(r['failures'] for r in results.values())
   if failures:

@@ -20,11 +20,11 @@ the noise each aggregator needed.
 
 distributed_dp rounds run through the secure round's pieces
 (`secagg.form.SecureForm`: clients' encoding, the modular sum, the server's
-decoding) with all-zero pairwise masks: masks cancel exactly in the modular
+decoding) with an all-zero mask: SecAgg+ masks cancel exactly in the modular
 sum (`distributed_dp_test`: the unmasked sum is the clean sum plus every
-share once), so the model is the same as with real masks, and real masks for
-100 clients of the 2NN cost ~30 s a round here, which the quality does not
-depend on. Their cost with real masks is `bench.ddp_cluster`'s.
+share once), so the model is the same as with real masks, and the SecAgg+
+protocol for 100 parties per round costs time the quality does not depend
+on. Its cost on pods is `bench.ddp_cluster`'s.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ from tff_pipeline import plan
 from tff_pipeline.aggregation import distributed_dp
 from tff_pipeline.learning import metrics_io
 from tff_pipeline.secagg import form as secure_form
-from workers import secagg_masks
+from workers.secagg import maskfile
+from workers.secagg import messages
 
 _BUDGETS = flags.DEFINE_list('budgets', ['16', '8', '4', '2'],
                              'Target epsilons.')
@@ -78,29 +79,25 @@ SETTING = dict(task='fashion_mnist', num_clients=1000, clients_per_round=100,
 
 
 class _UnmaskedSecureRound:
-  """The secure round's pieces with all-zero masks (see the module doc)."""
-
-  _TAG = 'bench-zero-masks'
+  """The secure round's pieces with an all-zero mask (see the module doc)."""
 
   def __init__(self, form: secure_form.SecureForm, root: str):
     self._form = form
     self._root = root
-    folder = os.path.join(root, secagg_masks.MASK_DIR, self._TAG)
-    os.makedirs(folder, exist_ok=True)
-    self._zeros = os.path.join(root, 'zeros.mask')
-    with open(self._zeros, 'wb') as f:
-      f.write(np.zeros(form.layout.total, '<i8').tobytes())
+    self._run = messages.new_run_nonce()
 
   def __call__(self, state, keys, client_ids, round_num):
-    del round_num
-    for client in client_ids:
-      path = secagg_masks.mask_path(self._root, self._TAG, client)
-      if not os.path.exists(path):
-        os.symlink(self._zeros, path)
+    rid = messages.RoundId(self._run, round_num, 1)
     state = distributed_dp.set_participants(state, len(client_ids))
-    merged = self._form.pod_round(self._form.prepare(state), list(keys),
-                                  self._TAG)
-    return self._form.finish(state, merged), None
+    maskfile.write(self._root, rid.tag,
+                   np.zeros(self._form.length, np.uint64))
+    try:
+      accumulator, words = self._form.pod_round(self._form.prepare(state),
+                                                list(keys), rid.tag)
+    finally:
+      maskfile.remove(self._root, rid.tag)
+    return self._form.finish(state, accumulator,
+                             self._form.unpack(words)), None
 
 
 class _BenchSetup(plan.LocalSetup):

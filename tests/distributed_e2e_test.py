@@ -18,6 +18,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # pylint: disable=g-import-not-at-top
 import subprocess
 import sys
+import urllib.request
 
 from absl import flags
 from absl.testing import absltest
@@ -30,6 +31,7 @@ from tests import probe
 from tests import testutil
 from tff_pipeline.core import config as config_lib
 from workers import coordinator as distributed
+from prometheus_client import parser as prom_parser
 from scipy import stats
 
 from tff_pipeline.aggregation import distributed_dp
@@ -39,6 +41,9 @@ from tff_pipeline.learning import optimizers
 from workers import local_runtime as runtime
 from tff_pipeline.secagg import form as secure_form
 from workers import secure_round as secure_rounds
+from workers.secagg import messages as secagg_messages
+from workers.secagg import server as secagg_server
+from tensorflow_federated.python.core.impl.executors import value_serialization
 from tff_pipeline.tasks import registry as tasks
 from workers import certs
 from workers import executor_client
@@ -84,7 +89,7 @@ class DistributedEndToEndTest(absltest.TestCase):
     cls.cluster = local_cluster.LocalCluster(
         plan.load_task(_config(os.path.join(cls.root, 'unused'))).manifest.shard_dir,
         _PODS, _EDGE_SERVERS,
-        cluster_dir=os.path.join(cls.root, 'cluster')).start()
+        cluster_dir=os.path.join(cls.root, 'cluster'), metrics=True).start()
 
   @classmethod
   def tearDownClass(cls):
@@ -173,104 +178,176 @@ class DistributedEndToEndTest(absltest.TestCase):
     for a, b in zip(_weights(local), _weights(remote), strict=True):
       np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
+  def _largest_leaf(self, form) -> tuple[int, int]:
+    """(offset, size) of the biggest secure tensor (the first kernel)."""
+    sizes = form.layout.sizes
+    i = max(range(len(sizes)), key=lambda j: sizes[j])
+    return sum(sizes[:i]), sizes[i]
+
+  def _assert_uniform(self, values: np.ndarray, modulus: int, what: str):
+    scaled = values.astype(np.float64) / modulus
+    self.assertGreater(stats.kstest(scaled, 'uniform').pvalue, 1e-3, what)
+    counts = np.bincount((scaled * 32).astype(int), minlength=32)
+    self.assertGreater(stats.chisquare(counts).pvalue, 1e-3, what)
+
   def test_secagg_what_the_coordinator_and_edge_servers_see_is_uniform(self):
+    # A real SecAgg+ round; pod edge-0's masked input is fetched the way its
+    # edge server fetches it (through the pod's TLS terminator), the others
+    # through their edge servers, whose sums the coordinator receives.
     config, setup, process, state, sampled, keys = self._secure_setup(
         'secagg-uniform')
-    form = secure_form.SecureForm(process.next, len(sampled), '.')
-    runner = distributed.DistributedRound(
-        setup.cluster, setup.view, process.next,
-        executor_client.ExecutorClient(runtime.local_worker().target),
-        stages=(form.pod_round, form.merge_partials))
-    tag = secure_rounds.round_tag(1, 1, sampled)
-    secagg = {'tag': tag, 'layout': form.layout.to_json(),
-              'public_keys': {c: setup.view.public_keys[c] for c in sampled}}
-    report = distributed.RoundReport(failures=[])
-    broadcast = form.prepare(state)
-    partials = runner.fan_out((broadcast, keys, tag), sampled, set(), report,
-                              secagg=secagg)
-    self.assertEqual(report.failures, [])
-    self.assertLen(partials, _EDGE_SERVERS)  # What the coordinator receives.
-    modulus = form.layout.moduli[0]
-    from tensorflow_federated.python.core.impl.executors import value_serialization  # pylint: disable=g-import-not-at-top
-    kernels = []
-    for partial in partials:
-      value, _ = value_serialization.deserialize_value(partial,
-                                                       form.partial_type)
-      kernel = np.ravel(value[1][0]).astype(np.float64) / modulus
-      kernels.append(kernel)
-      self.assertGreater(stats.kstest(kernel, 'uniform').pvalue, 1e-3)
-      counts = np.bincount((kernel * 32).astype(int), minlength=32)
-      self.assertGreater(stats.chisquare(counts).pvalue, 1e-3)
-    # Together they unmask: 20 values in [0, 2^32) each, far from uniform.
-    total = np.mod(np.round(sum(kernels) * modulus), modulus)
-    self.assertLess(total.max(), 20 * 2**32)
-    # One pod's reply to its edge server, as the edge server gets it.
+    del config
+    runner = setup.round_runner(process)
+    form = runner._form  # pylint: disable=protected-access
+    rounds = runner._round  # pylint: disable=protected-access
+    modulus = 2**form.bits
+    offset, size = self._largest_leaf(form)
     pod = self.cluster.topology.pods[0]
-    pod_clients = [c for c in sampled if setup.view.pod_of[c] == pod.name]
-    # As its edge server calls it (through the pod's TLS terminator).
     server = self.cluster.topology.edge_servers[0]
     server_tls = tls.TlsFiles.from_dir(self.cluster.topology.tls_dir,
                                        server.name)
-    status, body = tls.http_post_json(pod.address, '/control/secagg/masks', {
-        'tag': tag, 'clients': pod_clients, 'layout': form.layout.to_json(),
-        'public_keys': secagg['public_keys']}, server_tls, timeout=60,
-                                      server_name=pod.name)
-    self.assertEqual(status, 200, body)
-    pod_round = runner._up_to_merge  # pylint: disable=protected-access
-    arg = executor_client.struct_value([
-        ('', value_serialization.serialize_value(
-            broadcast, form.pod_round.type_signature.parameter[0])[0]),
-        ('', value_serialization.serialize_value(
-            [keys[sampled.index(c)] for c in pod_clients],
-            form.pod_round.type_signature.parameter[1])[0]),
-        ('', value_serialization.serialize_value(
-            tag, form.pod_round.type_signature.parameter[2])[0])])
-    reply = executor_client.ExecutorClient(pod.address, tls.grpc_channel(
-        pod.address, server_tls, server_name=pod.name)).run(
-            'pod-round', pod_round, arg, len(pod_clients))
-    value, _ = value_serialization.deserialize_value(
-        executor_client.unplaced(reply), form.partial_type)
-    kernel = np.ravel(value[1][0]).astype(np.float64) / modulus
-    self.assertGreater(stats.kstest(kernel, 'uniform').pvalue, 1e-3)
-    # Unmasked, its sum of len(pod_clients) values would be below this.
-    self.assertGreater(kernel.max() * modulus, len(pod_clients) * 2**32)
-    setup.close()
+    seen: dict[str, np.ndarray] = {}
+    key_of = dict(zip(sampled, keys))
 
-  def test_secagg_participant_dropped_mid_round_is_redone_without_it(self):
-    config, setup, process, state, sampled, keys = self._secure_setup(
-        'secagg-dropout', round_timeout=8.0)
-    run_round = setup.round_runner(process)
-    pod = self.cluster.pod('edge-4')
-    executor_pid = testutil.child_pids(pod.process.pid)[0]
-    os.kill(executor_pid, signal.SIGSTOP)  # Drops out after its masks.
-    try:
-      output, report = run_round(state, keys, sampled, 1)
-    finally:
-      os.kill(executor_pid, signal.SIGCONT)
+    def masked_input(rid, forwarded):
+      broadcast = form.prepare(state)
+      mine = [c for c in sampled if setup.view.pod_of[c] == pod.name]
+      status, body = tls.http_post_json(
+          pod.address, '/control/secagg/mask', forwarded[pod.name],
+          server_tls, timeout=60, server_name=pod.name)
+      self.assertEqual(status, 200, body)
+      pod_round = rounds._up_to_merge  # pylint: disable=protected-access
+      arg = executor_client.struct_value([
+          ('', value_serialization.serialize_value(
+              broadcast, form.pod_round.type_signature.parameter[0])[0]),
+          ('', value_serialization.serialize_value(
+              [key_of[c] for c in mine],
+              form.pod_round.type_signature.parameter[1])[0]),
+          ('', value_serialization.serialize_value(
+              rid.tag, form.pod_round.type_signature.parameter[2])[0])])
+      reply = executor_client.ExecutorClient(pod.address, tls.grpc_channel(
+          pod.address, server_tls, server_name=pod.name)).run(
+              'pod-round', pod_round, arg, len(mine))
+      value, _ = value_serialization.deserialize_value(
+          executor_client.unplaced(reply), form.partial_type)
+      seen[pod.name] = form.unpack(value[1])
+      others = [c for c in sampled if c not in mine]
+      report = distributed.RoundReport(failures=[])
+      partials = rounds.fan_out(
+          (broadcast, [key_of[c] for c in others], rid.tag), others, set(),
+          report, secagg={'tag': rid.tag, 'masks': {
+              p: r for p, r in forwarded.items() if p != pod.name}})
+      self.assertEqual(report.failures, [])
+      self.assertLen(partials, _EDGE_SERVERS)  # What the coordinator gets.
+      for i, partial in enumerate(partials):
+        value, _ = value_serialization.deserialize_value(partial,
+                                                         form.partial_type)
+        seen[f'edge server {i}'] = form.unpack(value[1])
+      merged = rounds.merge(partials)
+      masked = secagg_server.MaskedSum(form.bits, form.length)
+      masked.add(report.merged_pods, form.unpack(merged[1]))
+      masked.add([pod.name], seen[pod.name])
+      return masked, None
+
+    def relay(stage, requests):
+      del stage
+      return setup.cluster.secagg_relay(setup.view, requests, 60)[0]
+
+    result = secure_rounds.secure_sum(
+        relay, masked_input, run=secagg_messages.new_run_nonce(),
+        round_num=1, parties=sorted(set(setup.view.pod_of.values())),
+        bits=form.bits, length=form.length, policy=runner.policy)
     setup.close()
-    dropped = [f for f in report.failures if f.get('pod') == 'edge-4']
-    self.assertLen(dropped, 1, report.failures)
-    self.assertEqual(dropped[0]['kind'], 'timeout')
-    self.assertEqual(report.attempts, 2)
-    lost = set(dropped[0]['clients'])
-    self.assertNotEmpty(lost)
-    self.assertEqual(sorted(report.participants),
-                     sorted(set(sampled) - lost))
-    # The model is the secure mean over the survivors, as a local secure
-    # round over exactly them computes it (not garbage from unmatched masks).
+    self.assertEqual(result.failure, '')
+    self.assertLen(result.outcome.survivors, _PODS)
+    for name, values in seen.items():
+      with self.subTest(name):
+        self._assert_uniform(values[offset:offset + size], modulus, name)
+    # Unmasked, the sum of 20 values in [0, 2^32) each: far from uniform.
+    total = result.total[offset:offset + size]
+    self.assertLess(int(total.max()), 20 * 2**32)
+    self.assertLess(stats.kstest(total / modulus, 'uniform').pvalue, 1e-10)
+
+  def _lossy(self, setup, drop_at: dict[str, str]):
+    """Drops SecAgg+ requests to the named pods from the named stage on."""
+    stages = {'advertise': 'advertise', 'participants': 'reveal',
+              'reveals': 'shares', 'survivors': 'consistency',
+              'signatures': 'unmask'}
+    real = setup.cluster.secagg_relay
+    dead: set[str] = set()
+
+    def relay(view, requests, timeout=None):
+      kept = {}
+      for pod, request in requests.items():
+        if drop_at.get(pod) == stages[request['stage']]:
+          dead.add(pod)
+        if pod not in dead:
+          kept[pod] = request
+      return real(view, kept, timeout)
+
+    setup.cluster.secagg_relay = relay
+
+  def _expected(self, config, state, keys, sampled, survivors):
+    """The secure mean over exactly `survivors`, as a local round makes it."""
     local_task = plan.load_task(_config(os.path.join(self.root, 'unused')))
     local_process = plan.training_process(config, local_task)
     mask_root = tempfile.mkdtemp()
     local_round = secure_rounds.LocalSecureRound(
         secure_form.SecureForm(local_process.next, len(sampled), mask_root),
         mask_root)
-    survivors = report.participants
     expected, _ = local_round(
         state, [keys[sampled.index(c)] for c in survivors], survivors, 1)
-    for a, b in zip(process.get_model_weights(output.state).trainable,
-                    local_process.get_model_weights(expected.state).trainable,
-                    strict=True):
-      np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    return local_process.get_model_weights(expected.state).trainable
+
+  def test_secagg_dropouts_at_every_stage_leave_the_mean_of_the_survivors(self):
+    # Two rounds on the 10 pods: drops at the four stages before the sums
+    # are unmasked (edge-2 stalls while training: its computation times
+    # out), then at the two after (their inputs are in the sum).
+    for drop_at, stall in (
+        ({'edge-0': 'advertise', 'edge-1': 'reveal', 'edge-8': 'shares'},
+         'edge-2'),
+        ({'edge-3': 'consistency', 'edge-4': 'unmask'}, None)):
+      with self.subTest(drop_at=drop_at):
+        config, setup, process, state, sampled, keys = self._secure_setup(
+            'secagg-dropout', round_timeout=8.0)
+        self._lossy(setup, drop_at)
+        run_round = setup.round_runner(process)
+        executor_pid = None
+        if stall:
+          executor_pid = testutil.child_pids(
+              self.cluster.pod(stall).process.pid)[0]
+          os.kill(executor_pid, signal.SIGSTOP)
+        try:
+          output, report = run_round(state, keys, sampled, 1)
+        finally:
+          if executor_pid:
+            os.kill(executor_pid, signal.SIGCONT)
+        setup.close()
+        self.assertEqual(report.skipped, '')
+        expected_drops = dict(drop_at, **({stall: 'masked_input'}
+                                          if stall else {}))
+        self.assertEqual(report.secagg['dropped'], expected_drops)
+        gone = {p for p, stage in expected_drops.items()
+                if stage in ('advertise', 'reveal', 'shares', 'masked_input')}
+        survivors = [c for c in sampled
+                     if setup.view.pod_of[c] not in gone]
+        self.assertEqual(report.participants, survivors)
+        self.assertEqual(report.attempts, 2 if stall else 1)
+        for a, b in zip(process.get_model_weights(output.state).trainable,
+                        self._expected(config, state, keys, sampled,
+                                       survivors), strict=True):
+          np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+  def test_secagg_round_below_the_threshold_is_skipped(self):
+    _, setup, process, state, sampled, keys = self._secure_setup(
+        'secagg-skipped')
+    # 4 of 10 pods never sign the survivor list: quorum 7 is not met.
+    self._lossy(setup, {f'edge-{i}': 'consistency' for i in range(4)})
+    output, report = setup.round_runner(process)(state, keys, sampled, 1)
+    setup.close()
+    self.assertIsNone(output)
+    self.assertIn('fewer than the quorum 7', report.skipped)
+    self.assertEqual(report.secagg['unmasked'], 0)
 
   def test_every_channel_is_mutual_tls_and_no_plaintext_port_is_reachable(self):
     topology = self.cluster.topology
@@ -340,7 +417,8 @@ class DistributedEndToEndTest(absltest.TestCase):
     args = [f'--{k}={v}' for k, v in config_lib.to_dict(config).items()
             if k in ('executor', 'topology', 'num_clients', 'partition',
                      'seed', 'model', 'clients_per_round', 'rounds',
-                     'eval_every', 'output_dir', 'round_timeout')]
+                     'eval_every', 'output_dir', 'round_timeout',
+                     'aggregator')]
     env = dict(os.environ, PYTHONPATH=testutil.REPO_ROOT)
     return subprocess.Popen(
         [sys.executable, '-m', 'tff_pipeline.train', '--progress=false',
@@ -374,6 +452,57 @@ class DistributedEndToEndTest(absltest.TestCase):
     # The supervisor restarted it and later rounds use it again.
     self.assertEqual(rows[-1]['failures'], [])
     self.assertGreaterEqual(victim.restarts, 1)
+
+  def _pod_runs(self) -> dict[str, float]:
+    """Per pod: how often its edge server ran a round computation on it."""
+    counts: dict[str, float] = {}
+    for server in self.cluster.edge_servers:
+      with urllib.request.urlopen(f'http://{server.metrics_address}/metrics',
+                                  timeout=10) as reply:
+        text = reply.read().decode('utf-8')
+      for family in prom_parser.text_string_to_metric_families(text):
+        for sample in family.samples:
+          if (sample.name == 'tff_edge_calls_total' and
+              sample.labels.get('kind') == 'pod_run'):
+            peer = sample.labels['peer']
+            counts[peer] = counts.get(peer, 0) + sample.value
+    return counts
+
+  def test_secagg_pod_killed_mid_round_finishes_it_without_retraining(self):
+    config = self._remote('secagg-killed', aggregator='secagg',
+                          clients_per_round=20, rounds=4)
+    before = self._pod_runs()
+    process = self._start_training(config)
+    self._wait_rows(config.output_dir, 1, process)
+    # Round 2 reached the masked input: edge-3 holds its mask and its round
+    # computation is about to run or running. Kill the pod then.
+    masks = os.path.join(self.cluster.cluster_dir, 'pods', 'edge-3',
+                         'secagg')
+    deadline = time.monotonic() + 300
+    while not (os.path.isdir(masks) and os.listdir(masks)):
+      self.assertLess(time.monotonic(), deadline, 'round 2 never masked')
+      time.sleep(0.05)
+    victim = self.cluster.pod('edge-3')
+    os.kill(victim.process.pid, signal.SIGKILL)
+    output, _ = process.communicate(timeout=900)
+    self.assertEqual(process.returncode, 0, output)
+    rows = _rows(config.output_dir)
+    self.assertEqual([r['round'] for r in rows], [1, 2, 3, 4])
+    killed = rows[1]
+    self.assertNotIn('skipped', killed)
+    self.assertEqual(killed['secagg']['attempts'], 1)
+    self.assertEqual(killed['secagg']['dropped'], {'edge-3': 'masked_input'})
+    lost = {c for c in killed['clients'] if c not in killed['participants']}
+    self.assertNotEmpty(lost)
+    self.assertEqual({f['pod'] for f in killed['failures']}, {'edge-3'})
+    # No one trained twice: each pod ran the round computation exactly once
+    # per round it was asked for its masked input (edge-3's killed run
+    # included).
+    after = self._pod_runs()
+    for pod in sorted(set(after) | set(before)):
+      asked = sum(pod in r['secagg']['inputs_asked'] for r in rows)
+      self.assertEqual(after.get(pod, 0) - before.get(pod, 0), asked, pod)
+    self.assertIn('edge-3', killed['secagg']['inputs_asked'])
 
   def test_straggler_past_round_timeout_is_dropped(self):
     config = self._remote('straggler', clients_per_round=20, rounds=3,

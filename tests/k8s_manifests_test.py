@@ -195,7 +195,9 @@ class K8sManifestsTest(absltest.TestCase):
     self.assertEqual(pod['command'][:3], ['python', '-m', 'workers.edge_pod'])
     for flag, value in (('port', '8000'), ('health_port', '8001'),
                         ('tls_dir', '/data/identity'), ('ca_dir', '/ca'),
-                        ('secagg_key_file', '/data/identity/secagg.key'),
+                        ('secagg_identity_key',
+                         '/data/identity/secagg-identity.key'),
+                        ('secagg_state', '/data/identity/secagg-state.json'),
                         ('data_dir', '/data/shards'), ('run_dir', '/run/tls')):
       self.assertEqual(_flag(pod, flag), value)
     # Secrets born where they are used: no Secret reaches an edge pod; its
@@ -208,6 +210,9 @@ class K8sManifestsTest(absltest.TestCase):
     self.assertEqual(_flag(identity, 'dir'), '/data/identity')
     self.assertEqual(_flag(identity, 'role'), 'edge-pod')
     self.assertEqual(_flag(identity, 'ca'), '/ca/ca.crt')
+    # The SecAgg identity rides on the same CSR: the certificate binds it.
+    self.assertEqual(_flag(identity, 'secagg_key'),
+                     _flag(pod, 'secagg_identity_key'))
     self.assertIn({'name': 'data', 'mountPath': '/data'},
                   identity['volumeMounts'])
     ca = next(v for v in spec['volumes'] if v['name'] == 'ca')

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
@@ -46,6 +45,7 @@ from workers import local_runtime
 from workers import secure_round
 from workers import tls as tls_lib
 from workers import topology as topology_lib
+from workers.secagg import policy as secagg_policy_lib
 
 DISTRIBUTED_DP = 'distributed_dp'
 SECAGG_DP = 'secagg_dp'
@@ -217,8 +217,14 @@ def noise_multiplier(config: TrainConfig, population: int,
   return config.noise_multiplier
 
 
-def aggregator(config: TrainConfig, population: int, dim: int = 0
-               ) -> Optional[aggregation.Factory]:
+def max_weight(config: TrainConfig, manifest: shards.Manifest) -> float:
+  """The most examples a client trains on in a round (secagg's weight cap)."""
+  largest = max((c.num_examples for c in manifest.clients), default=1)
+  return float(max(1, largest) * config.client_epochs)
+
+
+def aggregator(config: TrainConfig, population: int, dim: int = 0,
+               max_weight: float = 0.0) -> Optional[aggregation.Factory]:
   """The model aggregator, or None for TFF's weighted mean.
 
   Args:
@@ -226,6 +232,7 @@ def aggregator(config: TrainConfig, population: int, dim: int = 0
     population: The number of clients.
     dim: Parameters of a client's update (`model_dim`); distributed_dp and
       a calibrated secagg_dp need it.
+    max_weight: secagg's cap on a client's weight (`max_weight`).
   """
   spec = aggregation.get(config.aggregator)
   params = aggregation.AggregatorParams(
@@ -234,7 +241,8 @@ def aggregator(config: TrainConfig, population: int, dim: int = 0
                         if spec.private else config.noise_multiplier),
       clients_per_round=float(config.clients_per_round),
       target_unclipped_quantile=config.target_unclipped_quantile,
-      dim=dim if config.aggregator == DISTRIBUTED_DP else 0)
+      dim=dim if config.aggregator == DISTRIBUTED_DP else 0,
+      max_weight=max_weight)
   return spec.build(params)
 
 
@@ -250,6 +258,11 @@ def check_task(config: TrainConfig, task: task_base.Task) -> None:
 def releases_client_ids(config: TrainConfig) -> bool:
   """Whether outputs may name clients: not in DP runs, unless asked."""
   return not is_private(config) or config.log_participants
+
+
+def secagg_policy(config: TrainConfig) -> secagg_policy_lib.Policy:
+  """What every SecAgg+ party of a local run enforces."""
+  return secagg_policy_lib.Policy(min_parties=config.secagg_threshold)
 
 
 def is_secure(config: TrainConfig) -> bool:
@@ -286,7 +299,8 @@ def training_process(config: TrainConfig, task: task_base.Task,
       server_optimizer=optimizers.build(config.server_optimizer,
                                         config.server_learning_rate,
                                         config.server_momentum),
-      aggregator=aggregator(config, len(task.manifest.clients), dim),
+      aggregator=aggregator(config, len(task.manifest.clients), dim,
+                            max_weight(config, task.manifest)),
       fedprox_mu=config.fedprox_mu if config.algorithm == 'fedprox' else 0.0,
       withhold_train_metrics=is_private(config))
 
@@ -404,12 +418,13 @@ class LocalSetup:
   def round_runner(self, process) -> rounds.RoundRunner:
     if not is_secure(self.config):
       return rounds.LocalRound(process)
-    # Scratch, not results: each round's masks replace the last round's.
-    self._mask_root = tempfile.mkdtemp(prefix='secagg-masks-')
+    # Scratch, not results: a round's mask lives until its sum is taken.
+    self._mask_root = secure_round.scratch_mask_root()
     return secure_round.LocalSecureRound(
         secure_form.SecureForm(process.next, len(self.task.manifest.clients),
                                self._mask_root),
-        self._mask_root, set_participants=distributed_dp.set_participants)
+        self._mask_root, set_participants=distributed_dp.set_participants,
+        policy=secagg_policy(self.config))
 
   def close(self) -> None:
     if self._mask_root is not None:
@@ -501,7 +516,8 @@ class RemoteSetup:
           round_timeout=self.config.round_timeout,
           retries=self.config.round_retries,
           # Each attempt's count (distributed_dp's noise shares).
-          set_participants=distributed_dp.set_participants)
+          set_participants=distributed_dp.set_participants,
+          min_parties=self.config.secagg_threshold)
     else:
       distributed_next = self._distributed(process.next)
       runner = lambda state, keys, client_ids, round_num: distributed_next(

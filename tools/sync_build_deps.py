@@ -39,6 +39,8 @@ def _target(module: pathlib.Path, package: str) -> str | None:
           '//tff_pipeline:testing')
     return '//' + directory
   if rel.parts[0] in ('workers', 'data_prep', 'tests'):
+    if module.name == '__init__.py':  # A package's docstring: its library.
+      return f'//{directory}:{rel.parts[-2]}'
     return f'//{directory}:{rel.stem}'
   return None
 

@@ -25,6 +25,12 @@ starting with `edge-server`, and the rest are edge pods.
 Certificates name the node, localhost and 127.0.0.1 (plus --san names) and
 are good for TLS server and client auth. Keys are EC P-256, files 0600.
 ca.key is needed only to sign and revoke: keep it off the nodes.
+
+An edge pod's CSR may also carry its SecAgg identity (an Ed25519 public key
+with its signature over the node name and TLS key; workers.secagg.keys):
+`csr --secagg_key=PATH` makes that key (0600) if missing and adds it, and
+`sign` copies it, checked, into the certificate. The certificate then
+certifies the pod as a SecAgg party too: one CSR, one approval.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import ipaddress
 import os
 import re
 import sys
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -50,6 +56,8 @@ from cryptography.x509.oid import NameOID
 from data_prep import entry_point
 from data_prep.errors import UserError
 from workers import tls
+from workers.secagg import keys as secagg_keys
+from workers.secagg import messages as secagg_messages
 
 CA_KEY_FILE = 'ca.key'
 CRL_FILE = tls.CRL_FILE
@@ -107,6 +115,10 @@ def define_command_flags() -> None:
                       '(default: the CSR path with .crt).')
   flags.DEFINE_multi_string('cert', [], 'revoke: certificate file(s) to '
                             'revoke.')
+  flags.DEFINE_string(
+      'secagg_key', None, 'csr (and workers.identity): also certify this '
+      'SecAgg identity key, an edge pod\'s (made here if missing, 0600); '
+      'the certificate must then bind it.')
   flags.DEFINE_integer(
       'crl_days', DEFAULT_CRL_DAYS, 'revoke, crl: days until the CRL must be '
       're-signed (`crl`); nginx and the edge servers refuse everyone once it '
@@ -259,7 +271,8 @@ def issue_node_cert(ca: Issued, node: str, extra_sans: Sequence[str] = (),
                     days: int = DEFAULT_NODE_DAYS,
                     now: Optional[datetime.datetime] = None,
                     role: Optional[str] = None,
-                    public_key=None) -> Issued:
+                    public_key=None,
+                    secagg_identity=None) -> Issued:
   """A certificate for `node`, for TLS server and client auth, signed by `ca`.
 
   Args:
@@ -271,6 +284,9 @@ def issue_node_cert(ca: Issued, node: str, extra_sans: Sequence[str] = (),
     role: One of ROLES (default: role_for(node)).
     public_key: Certify this key (from a CSR); default: make a new key pair,
       returned in the result.
+    secagg_identity: An edge pod's SecAgg identity: its Ed25519 private key
+      (the extension is made here, for the node's TLS key) or the extension
+      of its CSR (already checked by sign_csr).
 
   Returns:
     The node's certificate, and its new key (None with `public_key`).
@@ -290,6 +306,13 @@ def issue_node_cert(ca: Issued, node: str, extra_sans: Sequence[str] = (),
   if public_key is None:
     key = ec.generate_private_key(ec.SECP256R1())
     public_key = key.public_key()
+  if secagg_identity is not None:
+    if role != secagg_keys.PARTY_ROLE:
+      raise CertError(f'{node} is a {role}: only {secagg_keys.PARTY_ROLE} '
+                      'nodes hold a SecAgg identity')
+    if not isinstance(secagg_identity, x509.UnrecognizedExtension):
+      secagg_identity = secagg_keys.identity_extension(secagg_identity, node,
+                                                       public_key)
   not_after = min(now + datetime.timedelta(days=days),
                   ca.cert.not_valid_after_utc)
   ca_ski = ca.cert.extensions.get_extension_for_class(
@@ -318,25 +341,37 @@ def issue_node_cert(ca: Issued, node: str, extra_sans: Sequence[str] = (),
                      critical=False)
       .add_extension(
           x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-              ca_ski), critical=False)
-      .sign(ca.key, hashes.SHA256()))
-  return Issued(cert, key)
+              ca_ski), critical=False))
+  if secagg_identity is not None:
+    cert = cert.add_extension(secagg_identity, critical=False)
+  return Issued(cert.sign(ca.key, hashes.SHA256()), key)
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
   return ec.generate_private_key(ec.SECP256R1())
 
 
-def make_csr(key, node: str, role: str) -> x509.CertificateSigningRequest:
-  """A CSR for `node` in `role` (the signer checks both, and writes them)."""
+def make_csr(key, node: str, role: str, secagg_identity=None
+             ) -> x509.CertificateSigningRequest:
+  """A CSR for `node` in `role` (the signer checks both, and writes them).
+
+  With `secagg_identity` (an edge pod's Ed25519 key) it also asks to certify
+  that key as the pod's SecAgg identity.
+  """
   check_node_name(node)
   check_role(role)
-  return (x509.CertificateSigningRequestBuilder()
-          .subject_name(_name(node, role))
-          .add_extension(x509.SubjectAlternativeName(
-              [x509.UniformResourceIdentifier(tls.spiffe_id(role, node))]),
-                         critical=False)
-          .sign(key, hashes.SHA256()))
+  builder = (x509.CertificateSigningRequestBuilder()
+             .subject_name(_name(node, role))
+             .add_extension(x509.SubjectAlternativeName(
+                 [x509.UniformResourceIdentifier(tls.spiffe_id(role, node))]),
+                            critical=False))
+  if secagg_identity is not None:
+    if role != secagg_keys.PARTY_ROLE:
+      raise CertError(f'{node} is a {role}: only {secagg_keys.PARTY_ROLE} '
+                      'nodes hold a SecAgg identity')
+    builder = builder.add_extension(secagg_keys.identity_extension(
+        secagg_identity, node, key.public_key()), critical=False)
+  return builder.sign(key, hashes.SHA256())
 
 
 def _check_public_key(public_key, what: str) -> None:
@@ -385,8 +420,19 @@ def sign_csr(ca: Issued, csr_pem: bytes, node: str, role: str,
   if claimed_role != role:
     raise CertError(f'the CSR of {node} asks for role {claimed_role!r}, not '
                     f'{role!r}; check which node this is')
+  try:
+    identity = secagg_keys.parse_identity_extension(csr.extensions, node,
+                                                    csr.public_key())
+  except secagg_messages.Refused as e:
+    raise CertError(f'the CSR of {node}: {e}; ask the node for a new CSR'
+                    ) from None
+  extension = None
+  if identity is not None:
+    extension = csr.extensions.get_extension_for_oid(
+        secagg_keys.IDENTITY_EXTENSION_OID).value
   return issue_node_cert(ca, node, extra_sans, days, now, role,
-                         public_key=csr.public_key()).cert
+                         public_key=csr.public_key(),
+                         secagg_identity=extension).cert
 
 
 def make_crl(ca: Issued, serials: Sequence[int], days: int = DEFAULT_CRL_DAYS,
@@ -475,7 +521,9 @@ def write_bundle(out_dir: str, nodes: Sequence[str],
                  extra_sans: Optional[Mapping[str, Sequence[str]]] = None,
                  overwrite: bool = False, reuse_ca: bool = False,
                  days: int = DEFAULT_NODE_DAYS,
-                 ca_days: int = DEFAULT_CA_DAYS) -> list[str]:
+                 ca_days: int = DEFAULT_CA_DAYS,
+                 secagg_identities: Optional[Mapping[str, Any]] = None
+                 ) -> list[str]:
   """Writes a CA (new, or the one there with reuse_ca) and node certs.
 
   Args:
@@ -488,6 +536,8 @@ def write_bundle(out_dir: str, nodes: Sequence[str],
     reuse_ca: Sign with out_dir's ca.crt/ca.key instead of a new CA.
     days: Node certificate validity.
     ca_days: New CA validity.
+    secagg_identities: {edge pod: its Ed25519 SecAgg identity key} to
+      certify in those pods' certificates (the keys stay where they are).
 
   Returns:
     The paths written, CA first.
@@ -529,8 +579,14 @@ def write_bundle(out_dir: str, nodes: Sequence[str],
           'replace its CA and certificates, --reuse_ca to add nodes signed by '
           'its CA, or choose an empty directory')
     ca = make_ca(days=ca_days)
+  secagg_identities = dict(secagg_identities or {})
+  strangers = sorted(set(secagg_identities) - set(nodes))
+  if strangers:
+    raise CertError(f'SecAgg identities given for {strangers}, which are not '
+                    'in --nodes')
   issued = {node: issue_node_cert(ca, node, extra_sans.get(node, ()), days,
-                                 role=roles[node])
+                                 role=roles[node],
+                                 secagg_identity=secagg_identities.get(node))
             for node in nodes}
   os.makedirs(out_dir, exist_ok=True)
   written = []
@@ -561,8 +617,12 @@ def _read(path: str, what: str) -> bytes:
     raise CertError(f'cannot read the {what} {path}: {e.strerror}') from None
 
 
-def make_node_csr(directory: str, node: str, role: str) -> tuple[str, str]:
+def make_node_csr(directory: str, node: str, role: str,
+                  secagg_key: Optional[str] = None) -> tuple[str, str]:
   """Makes <node>.key in `directory` if missing (0600), and <node>.csr.
+
+  With `secagg_key` (an edge pod's SecAgg identity key file, made 0600 if
+  missing) the CSR also asks to certify that identity.
 
   Returns:
     (key path, CSR path). An existing key is kept: a restarted node asks
@@ -581,8 +641,14 @@ def make_node_csr(directory: str, node: str, role: str) -> tuple[str, str]:
   else:
     key = new_key()
     _write(key_path, Issued(None, key).key_pem(), 0o600)
+  identity = None
+  if secagg_key:
+    try:
+      identity = secagg_keys.load_or_create_identity(secagg_key)
+    except ValueError as e:
+      raise CertError(str(e)) from None
   csr_path = os.path.join(directory, f'{node}.csr')
-  _write(csr_path, make_csr(key, node, role).public_bytes(
+  _write(csr_path, make_csr(key, node, role, identity).public_bytes(
       serialization.Encoding.PEM), 0o644)
   return key_path, csr_path
 
@@ -610,7 +676,8 @@ def _run(command: Optional[str]) -> list[str]:
   if command == 'csr':
     return list(make_node_csr(_require(FLAGS.dir, 'dir', 'csr'),
                               _require(FLAGS.name, 'name', 'csr'),
-                              _require(FLAGS.role, 'role', 'csr')))
+                              _require(FLAGS.role, 'role', 'csr'),
+                              FLAGS.secagg_key))
   if command == 'sign':
     node = _require(FLAGS.name, 'name', 'sign')
     csr_path = _require(FLAGS.csr, 'csr', 'sign')

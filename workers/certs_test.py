@@ -15,6 +15,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from workers import certs
 from workers import tls
+from workers.secagg import keys as secagg_keys
+from workers.secagg import messages as secagg_messages
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _NODES = ['coordinator', 'edge-server-0', 'edge-0']
@@ -225,6 +227,98 @@ class CertsTest(absltest.TestCase):
       self.assertIn(message, result.stderr)
       self.assertTrue(result.stderr.startswith('error: '), result.stderr)
       self.assertNotIn('Traceback', result.stderr)
+
+
+class SecAggIdentityTest(absltest.TestCase):
+  """An edge pod's SecAgg identity, certified through its TLS CSR."""
+
+  def setUp(self):
+    super().setUp()
+    self.ca = certs.make_ca()
+    self.dir = self.create_tempdir().full_path
+    self.secagg_key = os.path.join(self.dir, 'secagg-identity.key')
+
+  def _csr(self, name='edge-0', role='edge-pod', secagg_key=None):
+    _, path = certs.make_node_csr(self.dir, name, role,
+                                  secagg_key or self.secagg_key)
+    with open(path, 'rb') as f:
+      return f.read()
+
+  def test_signed_csr_binds_the_identity_for_the_roster(self):
+    cert = certs.sign_csr(self.ca, self._csr(), 'edge-0', 'edge-pod')
+    roster = secagg_keys.CertificateRoster(self.ca.cert)
+    der = secagg_keys.certificate_der(cert)
+    got = roster.identity('edge-0', der)
+    own = secagg_keys.load_or_create_identity(self.secagg_key)
+    self.assertEqual(secagg_keys.public_bytes(got),
+                     secagg_keys.public_bytes(own))
+    with self.assertRaisesRegex(secagg_messages.Refused, 'names edge-0'):
+      roster.identity('edge-1', der)
+    # Revoked: refused.
+    revoked = secagg_keys.CertificateRoster(self.ca.cert,
+                                            [cert.serial_number])
+    with self.assertRaisesRegex(secagg_messages.Refused, 'revoked'):
+      revoked.identity('edge-0', der)
+    # The certificate still serves TLS as before.
+    self.assertEqual(tls.identity(cert), ('edge-pod', 'edge-0'))
+
+  def test_identity_of_another_node_key_or_role_is_refused(self):
+    # The extension of one CSR pasted into another node's CSR: its
+    # signature covers the first node's TLS key and name.
+    pasted = x509.load_pem_x509_csr(self._csr()).extensions.get_extension_for_oid(
+        secagg_keys.IDENTITY_EXTENSION_OID).value
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    forged = (x509.CertificateSigningRequestBuilder()
+              .subject_name(x509.load_pem_x509_csr(self._csr()).subject)
+              .add_extension(pasted, critical=False)
+              .sign(other_key, certs.hashes.SHA256()))
+    with self.assertRaisesRegex(certs.CertError, 'not signed by its identity'):
+      certs.sign_csr(self.ca, forged.public_bytes(
+          certs.serialization.Encoding.PEM), 'edge-0', 'edge-pod')
+    # Only edge pods are parties.
+    with self.assertRaisesRegex(certs.CertError, 'only edge-pod'):
+      self._csr('edge-server-0', 'edge-server',
+                os.path.join(self.dir, 'other.key'))
+    # A pod certificate without it is no SecAgg identity.
+    plain = certs.issue_node_cert(self.ca, 'edge-3', role='edge-pod')
+    with self.assertRaisesRegex(secagg_messages.Refused, 'no SecAgg identity'):
+      secagg_keys.CertificateRoster(self.ca.cert).identity(
+          'edge-3', secagg_keys.certificate_der(plain.cert))
+    # An edge server's certificate is never a party's, extension or not.
+    identity = secagg_keys.generate_identity()
+    server = certs.issue_node_cert(self.ca, 'edge-server-0')
+    ext = secagg_keys.identity_extension(identity, 'edge-server-0',
+                                         server.key.public_key())
+    rogue = (x509.CertificateBuilder().subject_name(server.cert.subject)
+             .issuer_name(self.ca.cert.subject)
+             .public_key(server.key.public_key())
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(server.cert.not_valid_before_utc)
+             .not_valid_after(server.cert.not_valid_after_utc)
+             .add_extension(server.cert.extensions.get_extension_for_class(
+                 x509.SubjectAlternativeName).value, critical=False)
+             .add_extension(ext, critical=False)
+             .sign(self.ca.key, certs.hashes.SHA256()))
+    with self.assertRaisesRegex(secagg_messages.Refused, 'only edge-pod'):
+      secagg_keys.CertificateRoster(self.ca.cert).identity(
+          'edge-server-0', secagg_keys.certificate_der(rogue))
+
+  def test_bundle_certifies_given_identities(self):
+    out = os.path.join(self.dir, 'bundle')
+    identity = secagg_keys.generate_identity()
+    certs.write_bundle(out, ['coordinator', 'edge-0', 'edge-1'],
+                       secagg_identities={'edge-0': identity})
+    ca = x509.load_pem_x509_certificate(
+        open(os.path.join(out, 'ca.crt'), 'rb').read())
+    roster = secagg_keys.CertificateRoster(ca)
+    cert = x509.load_pem_x509_certificate(
+        open(os.path.join(out, 'edge-0.crt'), 'rb').read())
+    got = roster.identity('edge-0', secagg_keys.certificate_der(cert))
+    self.assertEqual(secagg_keys.public_bytes(got),
+                     secagg_keys.public_bytes(identity))
+    with self.assertRaisesRegex(certs.CertError, 'not in --nodes'):
+      certs.write_bundle(os.path.join(self.dir, 'b2'), ['edge-0'],
+                         secagg_identities={'edge-9': identity})
 
 
 if __name__ == '__main__':

@@ -59,6 +59,11 @@ class RoundReport:
   # Secure rounds: the clients whose updates the sum holds (survivors).
   participants: Optional[list[str]] = None
   pod_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+  # Pods whose partials the edge servers merged (what fan_out returned).
+  merged_pods: list[str] = dataclasses.field(default_factory=list)
+  # Secure rounds: why the round was skipped (nothing released), if it was.
+  skipped: str = ''
+  secagg: Optional[dict[str, Any]] = None  # SecAgg+ attempts and stages.
 
   def causes(self) -> str:
     """Each distinct failure once, for an error message."""
@@ -119,8 +124,8 @@ class ClusterView:
   manifest: shards.Manifest  # All clients; shard_dir '.' (pod-relative).
   pod_of: dict[str, str]  # client id -> pod
   server_of: dict[str, str]  # pod -> edge server
-  # client id -> hex X25519 public key (SecAgg), from the pods.
-  public_keys: dict[str, str] = dataclasses.field(default_factory=dict)
+  # pod -> its SecAgg+ party ({party, policy, ready, problem}), if any.
+  secagg: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
   # Clients whose pod holds their held-out data (held_out/), sorted.
   held_out_clients: tuple[str, ...] = ()
 
@@ -136,7 +141,10 @@ class Cluster:
   def __init__(self, topology: topology_lib.Topology,
                tls: Optional[tls_lib.TlsFiles] = None):
     self.topology = topology
+    self.tls = tls
     self.servers = [EdgeServerClient(s, tls) for s in topology.edge_servers]
+    self._relay_pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=max(1, len(self.servers)), thread_name_prefix='secagg')
 
   def describe(self, timeout: float = 60.0) -> ClusterView:
     """Asks every edge server which clients its pods hold.
@@ -147,7 +155,7 @@ class Cluster:
     """
     pod_of: dict[str, str] = {}
     server_of: dict[str, str] = {}
-    public_keys: dict[str, str] = {}
+    secagg: dict[str, dict[str, Any]] = {}
     held_out: list[str] = []
     clients: list[shards.ShardInfo] = []
     reference = None
@@ -182,7 +190,8 @@ class Cluster:
                 'must live on exactly one pod')
           pod_of[info.client_id] = pod['name']
           clients.append(info)
-        public_keys.update(pod.get('public_keys') or {})
+        if isinstance(pod.get('secagg'), dict):
+          secagg[pod['name']] = pod['secagg']
         for client_id in pod.get('held_out_clients') or []:
           if pod_of.get(client_id) != pod['name']:
             raise ClusterError(
@@ -195,10 +204,49 @@ class Cluster:
     clients.sort(key=lambda info: info.client_id)
     manifest = dataclasses.replace(reference[2], clients=tuple(clients),
                                    eval=None)
-    return ClusterView(manifest, pod_of, server_of, public_keys,
+    return ClusterView(manifest, pod_of, server_of, secagg,
                        tuple(sorted(held_out)))
 
+  def secagg_relay(self, view: ClusterView, requests: dict[str, Any],
+                   timeout: Optional[float] = None
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Sends each pod its SecAgg+ request through its edge server.
+
+    Returns:
+      ({pod: reply} of the pods that answered, failures of the others);
+      a failed edge server fails all its pods of the call.
+    """
+    by_server: dict[str, dict[str, Any]] = {}
+    for pod, request in requests.items():
+      by_server.setdefault(view.server_of[pod], {})[pod] = request
+    header_timeout = timeout
+    calls = {}
+    for server in self.servers:
+      pods = by_server.get(server.spec.name)
+      if pods:
+        calls[server.spec.name] = (pods, self._relay_pool.submit(
+            server.call, 'SecAgg', {'requests': pods,
+                                    'timeout': header_timeout},
+            None, (timeout + _REPLY_SLACK_SECONDS) if timeout else None))
+    replies: dict[str, Any] = {}
+    failures: list[dict[str, Any]] = []
+    for name, (pods, future) in calls.items():
+      try:
+        header, _, _, _ = future.result()
+        limits.check_secagg_reply(header, pods)
+      except (grpc.RpcError, wire.WireError, limits.BadReply) as e:
+        kind, detail = limits.failure_of(e)
+        logging.warning('edge server %s failed to relay SecAgg (%s): %s',
+                        name, kind, detail)
+        failures.extend({'pod': pod, 'edge_server': name, 'kind': kind,
+                         'error': detail} for pod in sorted(pods))
+        continue
+      replies.update(header['replies'])
+      failures.extend(header['failures'])
+    return replies, failures
+
   def close(self) -> None:
+    self._relay_pool.shutdown(wait=False, cancel_futures=True)
     for server in self.servers:
       server.close()
 
@@ -334,8 +382,9 @@ class DistributedRound:
     """One attempt: every edge server with clients; returns the partials.
 
     Pods that fail (or all pods of a failed edge server) are added to
-    `skip_pods` and to `report.failures`. With `secagg` (tag, public keys,
-    layout), each pod first computes its clients' masks.
+    `skip_pods` and to `report.failures`; the pods in the returned partials
+    are added to `report.merged_pods`. With `secagg` ({'tag', 'masks': {pod:
+    forwarded SecAgg+ shares}}), each pod first writes its mask.
     """
     positions: dict[str, list[int]] = {}
     for i, client in enumerate(client_ids):
@@ -366,9 +415,9 @@ class DistributedRound:
                 'pods': {pod: len(indices) for pod, indices in pods.items()},
                 'timeout': self._timeout}
       if secagg is not None:
-        header['secagg'] = dict(secagg, pod_clients={
-            pod: [client_ids[j] for j in indices]
-            for pod, indices in pods.items()})
+        header['secagg'] = {'tag': secagg['tag'],
+                            'masks': {pod: secagg['masks'][pod]
+                                      for pod in pods}}
       calls[server.spec.name] = self._pool.submit(self._run_on, server,
                                                   header, blobs)
     partials = []
@@ -409,6 +458,11 @@ class DistributedRound:
         report.failures.append(failure)
       if 'partial' in blobs:
         partials.append(executor_pb2.Value.FromString(blobs['partial']))
+        merged = reply.get('merged')
+        asked = [p.name for p in server.spec.pods if p.name in positions]
+        if not (isinstance(merged, list) and set(merged) <= set(asked)):
+          merged = [p for p in asked if p not in skip_pods]
+        report.merged_pods.extend(merged)
     return partials
 
   def _run_on(self, server: EdgeServerClient, header: dict[str, Any],

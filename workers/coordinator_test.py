@@ -114,5 +114,70 @@ class ClusterDescribeTest(absltest.TestCase):
       cluster.describe(timeout=5)
 
 
+class SecAggRelayTest(absltest.TestCase):
+  """SecAgg+ stages through a real edge server to pod control routes."""
+
+  def test_relays_each_pod_its_request_and_reports_the_rest(self):
+    specs, received = [], {}
+
+    def route(name, status):
+      def answer(request):
+        received[name] = request
+        return status, ({'party': name, 'echo': request} if status == 200
+                        else {'error': 'replayed round'})
+      return answer
+
+    for name, status in (('edge-0', 200), ('edge-1', 409)):
+      server = health.HealthServer(
+          0, {'/control/manifest': lambda n=name: (200, {
+              'pod': n, 'manifest': _manifest([f'{n}-c']),
+              'secagg': {'party': n, 'ready': True}})},
+          post_routes={'/control/secagg/round': route(name, status)})
+      server.start()
+      self.addCleanup(server.stop)
+      specs.append(topology_lib.Pod(name, '127.0.0.1:1',
+                                    f'127.0.0.1:{server.port}'))
+    specs.append(topology_lib.Pod(  # Nobody listens there.
+        'edge-2', '127.0.0.1:1',
+        f'127.0.0.1:{portpicker.pick_unused_port()}'))
+    port = portpicker.pick_unused_port()
+    spec = topology_lib.EdgeServer('es-0', f'127.0.0.1:{port}',
+                                   '127.0.0.1:1', tuple(specs))
+    grpc_server = edge_server.serve(edge_server.EdgeServer(spec), port)
+    self.addCleanup(grpc_server.stop, None)
+    cluster = distributed.Cluster(topology_lib.Topology((spec,)))
+    self.addCleanup(cluster.close)
+    view = distributed.ClusterView(
+        manifest=None, pod_of={}, server_of={p.name: 'es-0' for p in specs})
+    requests = {p.name: {'stage': 'advertise', 'for': p.name} for p in specs}
+    replies, failures = cluster.secagg_relay(view, requests, timeout=10)
+    self.assertEqual(replies, {'edge-0': {'party': 'edge-0',
+                                          'echo': requests['edge-0']}})
+    self.assertEqual(received['edge-1'], requests['edge-1'])
+    kinds = {f['pod']: f['kind'] for f in failures}
+    self.assertEqual(kinds, {'edge-1': 'refused', 'edge-2': 'unavailable'})
+    self.assertIn('replayed round', next(
+        f['error'] for f in failures if f['pod'] == 'edge-1'))
+
+  def test_describe_collects_the_pods_secagg_parties(self):
+    server = health.HealthServer(0, {'/control/manifest': lambda: (200, {
+        'pod': 'edge-0', 'manifest': _manifest(['a']),
+        'secagg': {'party': 'edge-0', 'ready': True, 'policy': {}}})})
+    server.start()
+    self.addCleanup(server.stop)
+    port = portpicker.pick_unused_port()
+    spec = topology_lib.EdgeServer(
+        'es-0', f'127.0.0.1:{port}', '127.0.0.1:1',
+        (topology_lib.Pod('edge-0', '127.0.0.1:1',
+                          f'127.0.0.1:{server.port}'),))
+    grpc_server = edge_server.serve(edge_server.EdgeServer(spec), port)
+    self.addCleanup(grpc_server.stop, None)
+    cluster = distributed.Cluster(topology_lib.Topology((spec,)))
+    self.addCleanup(cluster.close)
+    self.assertEqual(cluster.describe().secagg,
+                     {'edge-0': {'party': 'edge-0', 'ready': True,
+                                 'policy': {}}})
+
+
 if __name__ == '__main__':
   absltest.main()

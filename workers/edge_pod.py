@@ -10,11 +10,15 @@ read `clients/<id>.tfrecord` relative to it. Only client keys, model weights
 and partial aggregates cross the network.
 
 HTTP on --health_port: /healthz (the executor process is up), /readyz (it
-answers gRPC), /manifest (this pod's manifest.json and its clients' SecAgg
-public keys, for the edge server), and POST /control/secagg/masks (writes
-this round's SecAgg masks of the named clients under
-`<data_dir>/secagg/<tag>/`, where the round computation reads them). The
-SecAgg secret (--secagg_key_file) never leaves the pod.
+answers gRPC), /manifest (this pod's manifest.json and its SecAgg party:
+name, policy, readiness), and the SecAgg+ party of the pod
+(workers.secagg_pod; docs/secagg.md): POST /control/secagg/round (stages
+advertise, participants, reveals, survivors, signatures; a refusal is HTTP
+409) and POST /control/secagg/mask (the forwarded shares; writes the pod's
+mask under `<data_dir>/secagg/<tag>/`, where the round computation adds it
+to the pod's sum). Its identity key (--secagg_identity_key, certified by the
+pod's TLS certificate) and served-rounds record (--secagg_state) never
+leave the pod; --secagg_threshold is the fewest pods it lets a sum cover.
 Prometheus /metrics on --metrics_port (workers.metrics: up, clients,
 executor restarts, control calls).
 SIGTERM stops the executor and exits 0. The executor dies with this process
@@ -58,7 +62,9 @@ from data_prep.errors import DataPrepError
 from data_prep.errors import UserError
 from workers import health
 from workers import metrics as metrics_lib
-from workers import secagg_masks
+from workers import secagg_pod
+from workers.secagg import messages as secagg_messages
+from workers.secagg import policy as secagg_policy_lib
 from workers import tls as tls_lib
 from workers import tls_terminator
 from workers import worker_process
@@ -99,9 +105,26 @@ _RUN_DIR = flags.DEFINE_string(
     'new temp dir).')
 _METRICS_PORT = flags.DEFINE_integer(
     'metrics_port', 0, 'Serve Prometheus /metrics on this port (0: off).')
-_SECAGG_KEY_FILE = flags.DEFINE_string(
-    'secagg_key_file', '', "This pod's 32-byte SecAgg secret (e.g. a mounted "
-    'K8s Secret). Empty: <data_dir>/secagg.key, created on first start.')
+_SECAGG_IDENTITY_KEY = flags.DEFINE_string(
+    'secagg_identity_key', '', "This pod's Ed25519 SecAgg identity key, "
+    'created 0600 at first start, never sent anywhere; its certificate is '
+    'the pod\'s TLS certificate (workers.identity --secagg_key). Empty: '
+    '<data_dir>/secagg-identity.key.')
+_SECAGG_STATE = flags.DEFINE_string(
+    'secagg_state', '', 'The record of the SecAgg rounds this pod served '
+    '(refuses replays across restarts; keep it on the persistent volume). '
+    'Empty: <data_dir>/secagg-state.json.')
+_SECAGG_THRESHOLD = flags.DEFINE_integer(
+    'secagg_threshold', secagg_policy_lib.DEFAULT_MIN_PARTIES,
+    'SecAgg: the fewest pods whose inputs a released sum may cover; this pod '
+    'refuses smaller participant and survivor lists. At least 2.')
+_SECAGG_NEIGHBORS = flags.DEFINE_integer(
+    'secagg_neighbors', 0, 'SecAgg+: neighbours per pod (0: '
+    'min(n - 1, 2 ceil(log2 n)) for n pods).')
+_SECAGG_QUORUM = flags.DEFINE_float(
+    'secagg_quorum', 0.0, 'SecAgg+: fraction of the pods whose signatures on '
+    'one survivor list this pod needs before it reveals shares (0: 2/3; at '
+    'least 0.5).')
 
 
 class EdgePod:
@@ -109,10 +132,11 @@ class EdgePod:
 
   def __init__(self, name: str, data_dir: str, port: int, health_port: int,
                threads: int = 1, max_calls: int = -1, verify: bool = True,
-               secagg_key_file: str = '',
+               secagg_identity_key: str = '',
                tls: Optional[tls_lib.TlsFiles] = None,
                executor_port: int = 0, run_dir: str = '',
-               insecure: bool = False, health_host: Optional[str] = None):
+               insecure: bool = False, health_host: Optional[str] = None,
+               secagg_policy=None, secagg_state: str = ''):
     if tls is None and not insecure:
       raise UserError(f'edge pod {name}: no TLS files; give --tls_dir, or '
                       '--insecure to serve plaintext on a trusted network')
@@ -124,11 +148,14 @@ class EdgePod:
     if verify:
       manifest_lib.verify_shards(self.manifest)
     self.held_out_clients = self._held_out_clients(verify)
-    self._keys = secagg_masks.PodKeys(
-        secagg_masks.load_or_create_secret(
-            secagg_key_file or os.path.join(self.manifest.shard_dir,
-                                            'secagg.key')),
-        self.manifest.client_ids())
+    try:
+      self.secagg = secagg_pod.PodParty(
+          name, self.manifest.shard_dir,
+          secagg_policy or secagg_policy_lib.Policy(),
+          secagg_identity_key, secagg_state,
+          secagg_pod.CaFiles(tls.cert, tls.ca, tls.crl) if tls else None)
+    except (ValueError, secagg_messages.ProtocolError) as e:
+      raise UserError(f'edge pod {name}: SecAgg: {e}') from None
     with open(os.path.join(self.manifest.shard_dir, manifest_lib.MANIFEST_FILE),
               encoding='utf-8') as f:
       self._manifest_raw = json.load(f)
@@ -144,8 +171,11 @@ class EdgePod:
     probes = {'/healthz': self._healthz, '/readyz': self._readyz}
     control_get = {'/control/manifest': self.metrics.wrap_route(
         'manifest', self._manifest)}
-    control_post = {'/control/secagg/masks': self.metrics.wrap_route(
-        'secagg_masks', self._secagg_masks)}
+    control_post = {
+        '/control/secagg/round': self.metrics.wrap_route(
+            'secagg_round', self.secagg.round),
+        '/control/secagg/mask': self.metrics.wrap_route(
+            'secagg_mask', self.secagg.mask)}
     self._terminator = None
     self._control = None
     if tls is None:
@@ -199,18 +229,8 @@ class EdgePod:
 
   def _manifest(self):
     return 200, {'pod': self.name, 'manifest': self._manifest_raw,
-                 'public_keys': self._keys.public_keys,
+                 'secagg': self.secagg.describe(),
                  'held_out_clients': self.held_out_clients}
-
-  def _secagg_masks(self, request):
-    start = time.monotonic()
-    try:
-      reply = self._keys.prepare_round(self.manifest.shard_dir, request)
-    except secagg_masks.SecAggError as e:
-      logging.warning('%s: SecAgg mask request refused: %s', self.name, e)
-      return 409, {'error': str(e)}
-    reply['seconds'] = time.monotonic() - start
-    return 200, reply
 
   def start(self) -> 'EdgePod':
     self._worker.start()
@@ -283,20 +303,26 @@ def main(argv: list[str]) -> int:
           "pod's clients", file=sys.stderr)
     return 2
   try:
+    try:
+      policy = secagg_pod.policy_from_flags(
+          _SECAGG_THRESHOLD.value, _SECAGG_NEIGHBORS.value,
+          _SECAGG_QUORUM.value)
+    except ValueError as e:
+      raise UserError(f'--secagg_*: {e}') from None
     pod = EdgePod(_NAME.value, _DATA_DIR.value, _PORT.value,
                   _HEALTH_PORT.value, _THREADS.value, _MAX_CALLS.value,
-                  _VERIFY.value, _SECAGG_KEY_FILE.value,
+                  _VERIFY.value, _SECAGG_IDENTITY_KEY.value,
                   tls_lib.TlsFiles.from_dir(_TLS_DIR.value, _NAME.value,
                                             ca_dir=_CA_DIR.value or None)
                   if _TLS_DIR.value else None,
                   _EXECUTOR_PORT.value, _RUN_DIR.value, _INSECURE.value,
-                  _HEALTH_HOST.value)
+                  _HEALTH_HOST.value, policy, _SECAGG_STATE.value)
     pod.start()
     if _METRICS_PORT.value:
       metrics_lib.serve(_METRICS_PORT.value, pod.metrics.registry,
                         tls=pod.tls)
   except (DataPrepError, worker_process.WorkerStartError, OSError,
-          secagg_masks.SecAggError, UserError) as e:
+          UserError) as e:
     print(f'error: edge pod {_NAME.value}: {e}', file=sys.stderr)
     return 2
 

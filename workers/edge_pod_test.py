@@ -1,3 +1,4 @@
+import copy
 import os
 import signal
 import subprocess
@@ -16,8 +17,14 @@ from tests import testutil
 from workers import certs
 from workers import executor_client
 from workers import health
-from workers import secagg_masks
 from workers import tls
+from workers.secagg import keys as secagg_keys
+from workers.secagg import maskfile
+from workers.secagg import messages
+from workers.secagg import party as party_lib
+from workers.secagg import policy as policy_lib
+from workers.secagg import prg
+from workers.secagg import server as server_lib
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,31 +92,27 @@ class EdgePodTest(absltest.TestCase):
     self.assertIn('stopped', output)
     self.assertFalse(testutil.pid_alive(executor[0]))
 
-  def test_publishes_public_keys_and_writes_masks_for_its_clients(self):
+  def test_publishes_its_secagg_party_and_keeps_its_identity_private(self):
     data_dir = _shard_dir()
-    _, address = self._start(data_dir)
+    _, address = self._start(data_dir, '--secagg_threshold=4')
     _, body = health.get_json(address, '/control/manifest')
-    public_keys = body['public_keys']
-    self.assertEqual(sorted(public_keys), ['c0', 'c1', 'c2'])
-    peer = secagg_masks.PodKeys(secagg_masks.new_secret(), ['z9'])
-    request = {'tag': 'r1-a1', 'clients': ['c0', 'c2'],
-               'public_keys': {**public_keys, **peer.public_keys},
-               'layout': [[10, 2**36]]}
-    status, reply = tls.http_post_json(address, '/control/secagg/masks',
-                                     request)
-    self.assertEqual(status, 200, reply)
-    for client in ('c0', 'c2'):
-      path = secagg_masks.mask_path(data_dir, 'r1-a1', client)
-      self.assertEqual(os.path.getsize(path), 80)
-    self.assertFalse(os.path.exists(
-        secagg_masks.mask_path(data_dir, 'r1-a1', 'c1')))
-    status, reply = tls.http_post_json(address, '/control/secagg/masks',
-                                     dict(request, clients=['z9']))
-    self.assertEqual(status, 409)
-    self.assertIn('does not hold', reply['error'])
-    # The secret stays on the pod's disk, private to it.
-    key_file = os.path.join(data_dir, 'secagg.key')
+    self.assertEqual(body['secagg']['party'], 'edge-7')
+    self.assertTrue(body['secagg']['ready'])
+    self.assertEqual(body['secagg']['policy']['min_parties'], 4)
+    status, advert = tls.http_post_json(
+        address, '/control/secagg/round',
+        {'stage': 'advertise', 'run': '3' * 32, 'round': 1, 'attempt': 1})
+    self.assertEqual(status, 200, advert)
+    self.assertEqual(advert['party'], 'edge-7')
+    # The identity key stays on the pod's disk, private to it; what left is
+    # its public half, in a self-signed certificate (no CA: --insecure).
+    key_file = os.path.join(data_dir, 'secagg-identity.key')
     self.assertEqual(os.stat(key_file).st_mode & 0o777, 0o600)
+    with open(key_file, 'rb') as f:
+      raw = f.read()
+    self.assertNotIn(messages.b64encode(raw), str(advert))
+    self.assertTrue(os.path.exists(os.path.join(data_dir,
+                                                'secagg-state.json')))
 
   def test_mutual_tls_mode_serves_only_verified_callers(self):
     cert_dir = os.path.join(tempfile.mkdtemp(), 'certs')
@@ -120,14 +123,17 @@ class EdgePodTest(absltest.TestCase):
     # The plain port has probes only: no manifest, no control calls.
     self.assertEqual(health.get_json(address, '/healthz')[0], 200)
     self.assertEqual(health.get_json(address, '/manifest')[0], 404)
-    self.assertEqual(tls.http_post_json(address, '/control/secagg/masks',
+    self.assertEqual(tls.http_post_json(address, '/control/secagg/round',
                                       {})[0], 404)
     target = f'127.0.0.1:{self.port}'
     caller = tls.TlsFiles.from_dir(cert_dir, 'edge-server-0')
     status, body = tls.http_get_json(target, '/control/manifest', caller,
                                      server_name='edge-7')
     self.assertEqual(status, 200, body)
-    self.assertLen(body['public_keys'], 3)
+    # Its certificate binds no SecAgg identity (no --secagg_key CSR): the
+    # pod serves, SecAgg says why it is off.
+    self.assertFalse(body['secagg']['ready'])
+    self.assertIn('does not certify', body['secagg']['problem'])
     stranger = tls.TlsFiles.from_dir(stranger_dir, 'edge-server-0')
     # Another CA's certificate: nginx refuses it (and we refuse its server).
     stranger_trusting_us = tls.TlsFiles(ca=caller.ca, cert=stranger.cert,
@@ -202,9 +208,8 @@ class EdgePodTest(absltest.TestCase):
               for s in f.samples}
 
     self.assertEqual(health.get_json(address, '/control/manifest')[0], 200)
-    status, _ = tls.http_post_json(address, '/control/secagg/masks',
-                                   {'tag': 't', 'clients': ['z9'],
-                                    'public_keys': {}, 'layout': []})
+    status, _ = tls.http_post_json(address, '/control/secagg/mask',
+                                   {'tag': 't', 'clients': ['z9']})
     self.assertEqual(status, 409)
     got = scrape()
     self.assertEqual(got[('tff_edge_up', (('node', 'edge-7'),
@@ -213,7 +218,7 @@ class EdgePodTest(absltest.TestCase):
     self.assertEqual(got[('tff_edge_calls_total', (('kind', 'manifest'),
                                                    ('peer', '')))], 1)
     self.assertEqual(got[('tff_edge_call_errors_total',
-                          (('error', 'http_409'), ('kind', 'secagg_masks'),
+                          (('error', 'http_409'), ('kind', 'secagg_mask'),
                            ('peer', '')))], 1)
     os.kill(testutil.child_pids(process.pid)[0], signal.SIGKILL)
     deadline = time.monotonic() + 60
@@ -257,6 +262,289 @@ class EdgePodTest(absltest.TestCase):
     self.assertEqual(result.returncode, 2, result.stderr)
     self.assertIn('clients this pod does not hold (c9)', result.stderr)
     self.assertIn('held_out', result.stderr)
+
+
+# The lying-server harness at the pod's HTTP control routes.
+
+_BITS, _LENGTH = 24, 50
+_OTHERS = ('edge-1', 'edge-2', 'edge-3', 'edge-4', 'edge-5')
+
+
+class LyingServerAtTheControlRoutesTest(absltest.TestCase):
+  """A real pod (mutual TLS, SecAgg identity in its certificate) and five
+  in-process parties certified by the same CA; the test is the aggregation
+  tier: it relays, and lies. Six parties: complete graph, t = 3, q = 5."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.data_dir = _shard_dir()
+    pod_identity = secagg_keys.load_or_create_identity(
+        os.path.join(cls.data_dir, 'secagg-identity.key'))
+    identities = {p: secagg_keys.generate_identity() for p in _OTHERS}
+    cls.cert_dir = os.path.join(tempfile.mkdtemp(), 'certs')
+    certs.write_bundle(cls.cert_dir, ['edge-7', 'edge-server-0', *_OTHERS],
+                       secagg_identities={'edge-7': pod_identity,
+                                          **identities})
+    with open(os.path.join(cls.cert_dir, 'ca.crt'), 'rb') as f:
+      cls.roster = secagg_keys.CertificateRoster.from_pem(f.read())
+    cls.identities = identities
+    cls.policy = policy_lib.Policy(min_parties=3)
+    port, health_port = (portpicker.pick_unused_port(),
+                         portpicker.pick_unused_port())
+    env = dict(os.environ, PYTHONPATH=_REPO, TF_CPP_MIN_LOG_LEVEL='3')
+    cls.process = subprocess.Popen(
+        [sys.executable, '-m', 'workers.edge_pod', f'--port={port}',
+         f'--health_port={health_port}', f'--data_dir={cls.data_dir}',
+         '--name=edge-7', f'--tls_dir={cls.cert_dir}'], cwd=_REPO, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cls.target = f'127.0.0.1:{port}'
+    cls.caller = tls.TlsFiles.from_dir(cls.cert_dir, 'edge-server-0')
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+      try:
+        if health.get_json(f'127.0.0.1:{health_port}', '/readyz',
+                           1.0)[0] == 200:
+          break
+      except OSError:
+        pass
+      time.sleep(0.2)
+
+  @classmethod
+  def tearDownClass(cls):
+    cls.process.kill()
+    cls.process.wait()
+    super().tearDownClass()
+
+  def _post(self, path, body):
+    return tls.http_post_json(self.target, path, body, self.caller,
+                              timeout=30, server_name='edge-7')
+
+  def _parties(self):
+    """Fresh in-process parties (their certificates from the bundle)."""
+    out = {}
+    for name in _OTHERS:
+      with open(os.path.join(self.cert_dir, f'{name}.crt'), 'rb') as f:
+        der = secagg_keys.certificate_der(
+            certs.x509.load_pem_x509_certificate(f.read()))
+      out[name] = party_lib.Party(name, self.identities[name], self.roster,
+                                  self.policy, certificate=der)
+    return out
+
+  def _send(self, parties, name, method, request):
+    """The pod over HTTP (200 -> reply; else (status, error)), others direct."""
+    if name == 'edge-7':
+      path = ('/control/secagg/mask' if method == 'mask'
+              else '/control/secagg/round')
+      status, body = self._post(path, request)
+      return body if status == 200 else (status, body.get('error', body))
+    return getattr(parties[name], method)(request)
+
+  def _round(self, round_num=1):
+    """Honest stages 1-3: (server, parties, forwarded shares)."""
+    rid = messages.RoundId(messages.new_run_nonce(), round_num, 1)
+    srv = server_lib.RoundServer(rid, _BITS, _LENGTH, self.policy,
+                                 self.roster)
+    parties = self._parties()
+    names = ['edge-7', *_OTHERS]
+    request = srv.advertise_request()
+    for name in names:
+      srv.add_advert(self._send(parties, name, 'advertise', request))
+    request = srv.participants_request()
+    self.requests = {'participants': request}
+    for name in names:
+      srv.add_reveal(self._send(parties, name, 'reveal', request))
+    request = srv.reveals_request()
+    for name in names:
+      srv.add_shares(self._send(parties, name, 'share_keys', request))
+    return srv, parties, srv.forwarded_shares_requests()
+
+  def _inputs(self, srv, parties, forwarded):
+    """Stage 4; the pod's masked input as its round computation makes it."""
+    inputs = {n: np.random.default_rng(i).integers(0, 2**16, _LENGTH,
+                                                   dtype=np.uint64)
+              for i, n in enumerate(['edge-7', *_OTHERS])}
+    header = self._send(parties, 'edge-7', 'mask', forwarded['edge-7'])
+    self.assertIsInstance(header, dict, header)
+    mask = maskfile.read(self.data_dir, srv.rid.tag)
+    srv.add_masked_input(header, prg.pack(
+        (inputs['edge-7'] + mask) & np.uint64(2**_BITS - 1), _BITS))
+    for name in _OTHERS:
+      srv.add_masked_input(*parties[name].masked_input(forwarded[name],
+                                                       inputs[name]))
+    return inputs
+
+  def test_an_honest_round_through_the_routes_is_exact(self):
+    srv, parties, forwarded = self._round()
+    inputs = self._inputs(srv, parties, forwarded)
+    request = srv.survivors_request()
+    for name in ['edge-7', *_OTHERS]:
+      srv.add_consistency(self._send(parties, name, 'consistency', request))
+    self.assertFalse(os.path.exists(maskfile.path(self.data_dir,
+                                                  srv.rid.tag)))
+    request = srv.signatures_request()
+    for name in ['edge-7', *_OTHERS]:
+      srv.add_unmask(self._send(parties, name, 'unmask', request))
+    np.testing.assert_array_equal(
+        srv.result(), sum(inputs.values()) & np.uint64(2**_BITS - 1))
+
+  def test_replays_are_refused(self):
+    srv, parties, forwarded = self._round(round_num=2)
+    self._inputs(srv, parties, forwarded)
+    rid = srv.rid
+    cases = {
+        'the same advertisement': (
+            'round', {'stage': 'advertise', **rid.to_json()},
+            'already sent its masked input (attempt 1)'),
+        'a new attempt after the input left': (
+            'round', {'stage': 'advertise', 'run': rid.run,
+                      'round': rid.round, 'attempt': 2},
+            'already sent its masked input'),
+        'the participant list again': (
+            'round', self.requests['participants'], 'no live session'),
+        'the masked input again': (
+            'mask', forwarded['edge-7'], 'no live session'),
+    }
+    for what, (route, request, why) in cases.items():
+      with self.subTest(what):
+        status, body = self._post(f'/control/secagg/{route}', request)
+        self.assertEqual(status, 409, body)
+        self.assertIn(why, body['error'])
+
+  def test_a_second_participant_set_is_refused(self):
+    rid = messages.RoundId(messages.new_run_nonce(), 3, 1)
+    srv = server_lib.RoundServer(rid, _BITS, _LENGTH, self.policy,
+                                 self.roster)
+    parties = self._parties()
+    request = srv.advertise_request()
+    adverts = {n: self._send(parties, n, 'advertise', request)
+               for n in ['edge-7', *_OTHERS]}
+    for advert in adverts.values():
+      srv.add_advert(advert)
+    first = srv.participants_request()
+    self.assertEqual(self._post('/control/secagg/round', first)[0], 200)
+    second = dict(first, adverts=[a for a in first['adverts']
+                                  if a['party'] != 'edge-5'])
+    status, body = self._post('/control/secagg/round', second)
+    self.assertEqual(status, 409, body)
+    self.assertIn("at stage 'revealed'", body['error'])
+
+  def test_both_share_kinds_for_one_party_are_refused(self):
+    # edge-5's input arrived; the tier tells the pod it dropped (to get its
+    # mask-key share) and tells the others it survived (for its b-share).
+    srv, parties, forwarded = self._round(round_num=4)
+    self._inputs(srv, parties, forwarded)
+    honest = srv.survivors_request()
+    lying = dict(honest, survivors=[p for p in honest['survivors']
+                                    if p != 'edge-5'])
+    signature = self._send(parties, 'edge-7', 'consistency', lying)
+    self.assertIsInstance(signature, dict, signature)  # It cannot tell yet.
+    signatures = {'edge-7': signature['signature']}
+    for name in _OTHERS:  # The honest list, as they saw it.
+      signatures[name] = parties[name].consistency(honest)['signature']
+    status, body = self._post('/control/secagg/round', {
+        'stage': 'signatures', **srv.rid.to_json(),
+        'signatures': signatures})
+    self.assertEqual(status, 409, body)
+    self.assertIn('fewer than the quorum 5: nothing revealed', body['error'])
+    # And no second chance in this round.
+    status, body = self._post('/control/secagg/round', {
+        'stage': 'signatures', **srv.rid.to_json(),
+        'signatures': signatures})
+    self.assertEqual(status, 409)
+
+  def test_substituted_keys_are_detected(self):
+    attacker = secagg_keys.RoundKeys.generate()
+    for victim, why in (('edge-1', 'not signed by its identity key'),
+                        ('edge-7', 'different advert for edge-7')):
+      with self.subTest(victim=victim):
+        rid = messages.RoundId(messages.new_run_nonce(), 5, 1)
+        srv = server_lib.RoundServer(rid, _BITS, _LENGTH, self.policy,
+                                     self.roster)
+        parties = self._parties()
+        request = srv.advertise_request()
+        for name in ['edge-7', *_OTHERS]:
+          srv.add_advert(self._send(parties, name, 'advertise', request))
+        honest = srv.participants_request()
+        request = copy.deepcopy(honest)
+        for advert in request['adverts']:
+          if advert['party'] == victim:
+            advert['s_pk'] = messages.b64encode(attacker.s_public)
+        status, body = self._post('/control/secagg/round', request)
+        if status == 200:  # A neighbour's key: checked with the graph.
+          for name in _OTHERS:  # They saw the honest list.
+            srv.add_reveal(parties[name].reveal(honest))
+          srv.add_reveal(body)
+          status, body = self._post('/control/secagg/round',
+                                    srv.reveals_request())
+        self.assertEqual(status, 409, body)
+        self.assertIn(why, body['error'])
+
+  def test_a_participant_set_below_the_threshold_is_refused(self):
+    rid = messages.RoundId(messages.new_run_nonce(), 6, 1)
+    srv = server_lib.RoundServer(rid, _BITS, _LENGTH,
+                                 policy_lib.Policy(min_parties=2), self.roster)
+    parties = self._parties()
+    request = srv.advertise_request()
+    for name in ('edge-7', 'edge-1'):
+      srv.add_advert(self._send(parties, name, 'advertise', request))
+    status, body = self._post('/control/secagg/round',
+                              srv.participants_request())
+    self.assertEqual(status, 409, body)
+    self.assertIn('2 parties, fewer than the minimum 3', body['error'])
+
+  def test_hostile_tags_and_lengths_are_refused_and_touch_no_file(self):
+    before = sorted(os.listdir(self.data_dir))
+    run = messages.new_run_nonce()
+
+    def live(round_num):
+      """A live session to send hostile participant lists into."""
+      request = {'stage': 'advertise', 'run': run, 'round': round_num,
+                 'attempt': 1}
+      self.assertEqual(self._post('/control/secagg/round', request)[0], 200)
+      return {'stage': 'participants', 'run': run, 'round': round_num,
+              'attempt': 1, 'bits': 24, 'length': 10, 'adverts': []}
+
+    bad = {
+        'dots in the run': lambda: ('mask', {
+            'stage': 'forwarded_shares', 'run': '../../clients', 'round': 7,
+            'attempt': 1, 'shares': {}}, 'bad run nonce'),
+        'a path in the round': lambda: ('round', {
+            'stage': 'advertise', 'run': run, 'round': '7/../../x',
+            'attempt': 2}, 'bad round'),
+        'a huge vector': lambda: ('round', dict(live(71), length=2**40),
+                                  'length: expected an integer'),
+        'bits beyond 62': lambda: ('round', dict(live(72), bits=63),
+                                   'bits: expected an integer'),
+        'too many adverts': lambda: ('round', dict(
+            live(73), adverts=[0] * 100_001), 'at most 100000'),
+        'a huge attempt': lambda: ('round', {
+            'stage': 'advertise', 'run': run, 'round': 74,
+            'attempt': 10**6}, 'bad attempt'),
+        'an unknown stage': lambda: ('round', {'stage': '../advertise'},
+                                     'unknown SecAgg stage'),
+        'not an object': lambda: ('round', ['advertise'],
+                                  'unknown SecAgg stage'),
+    }
+    for what, case in bad.items():
+      with self.subTest(what):
+        route, request, why = case()
+        status, body = self._post(f'/control/secagg/{route}', request)
+        self.assertEqual(status, 409, body)
+        self.assertIn(why, body['error'])
+    # Short or mangled share ciphertexts in a live round.
+    srv, parties, forwarded = self._round(round_num=8)
+    mine = forwarded['edge-7']
+    sender = sorted(mine['shares'])[0]
+    for what, value in (('truncated', mine['shares'][sender][:-8]),
+                        ('not base64', '@' * 40)):
+      with self.subTest(what):
+        status, body = self._post('/control/secagg/mask', dict(
+            mine, shares={**mine['shares'], sender: value}))
+        self.assertEqual(status, 409, body)
+    self.assertEqual(sorted(os.listdir(self.data_dir)), sorted(
+        set(before) | {'secagg'}))
+    self.assertEqual(os.listdir(os.path.join(self.data_dir, 'secagg')), [])
 
 
 if __name__ == '__main__':

@@ -13,9 +13,15 @@ left out of the merge and reported in the reply.
 gRPC service `tff_edge.EdgeServer` (messages: workers.wire):
   Describe  -> each pod's manifest (which clients it holds)
   Prepare   -> caches computations by key
-  Run       -> one merged partial plus failures and byte counts; for a
-               secure round (header `secagg`), each pod first writes its
-               clients' masks (POST /control/secagg/masks on the pod)
+  Run       -> one merged partial plus failures, byte counts and the pods
+               merged; for a secure round (header `secagg`: the round tag
+               and each pod's forwarded SecAgg+ shares), each pod first
+               writes its mask (POST /control/secagg/mask on the pod), then
+               runs the round computation, which adds it; the merge adds
+               masked sums mod 2^b and never unmasks anything
+  SecAgg    -> relays one SecAgg+ stage to its pods, concurrently:
+               {pod: request} -> {pod: reply} plus failures (POST
+               /control/secagg/round on each pod)
 Prometheus /metrics on --metrics_port (workers.metrics: calls, seconds and
 errors per kind).
 HTTP on --health_port (loopback with TLS): /healthz (503 while the merge
@@ -132,6 +138,9 @@ class EdgeServer:
     self.merger_restarts = 0
     self._pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=len(spec.pods), thread_name_prefix='pod')
+    # SecAgg+ stages: small messages, never queued behind a pod's round.
+    self._relay_pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=len(spec.pods), thread_name_prefix='secagg')
     self.metrics = metrics_lib.NodeMetrics('edge_server', spec.name,
                                            up=self._merger.alive)
     self.policy = (tls_lib.PeerPolicy(tls, tls_lib.CALLERS['edge-server'])
@@ -144,6 +153,7 @@ class EdgeServer:
 
   def stop(self) -> None:
     self._pool.shutdown(wait=False, cancel_futures=True)
+    self._relay_pool.shutdown(wait=False, cancel_futures=True)
     self._merger.stop()
 
   def merger_alive(self) -> bool:
@@ -211,7 +221,8 @@ class EdgeServer:
         if status != 200:
           raise OSError(f'HTTP {status}: {body}')
         entry['manifest'] = body['manifest']
-        entry['public_keys'] = body.get('public_keys') or {}
+        if isinstance(body.get('secagg'), dict):
+          entry['secagg'] = body['secagg']
         entry['held_out_clients'] = body.get('held_out_clients') or []
       except (OSError, ValueError, KeyError, TypeError) as e:
         entry['error'] = f'{pod.name} at {pod.health}: {e}'
@@ -243,29 +254,55 @@ class EdgeServer:
     # without, its plain HTTP port serves them.
     return pod.address if self._tls else pod.health
 
-  def _prepare_masks(self, pod: str, secagg: dict[str, Any],
-                     timeout: Optional[float]) -> None:
-    """Has `pod` write its clients' masks for the round; raises on failure."""
-    try:
-      request = {'tag': secagg['tag'], 'layout': secagg['layout'],
-                 'public_keys': secagg['public_keys'],
-                 'clients': secagg['pod_clients'][pod]}
-    except KeyError as e:
-      raise _bad_request(f'Run: secagg header lacks {e}') from None
+  def _post_secagg(self, pod: str, path: str, request: Any,
+                   timeout: Optional[float]) -> Any:
+    """POSTs a SecAgg+ message to `pod`; its reply, or ExecutorError."""
     address = self._control_address(self._pods[pod])
     try:
       status, body = tls_lib.http_post_json(
-          address, '/control/secagg/masks', request, self._tls,
-          timeout=timeout or 600.0, server_name=pod)
+          address, path, request, self._tls, timeout=timeout or 600.0,
+          server_name=pod)
     except OSError as e:
+      kind = 'timeout' if isinstance(e, TimeoutError) else 'unavailable'
       raise executor_client.ExecutorError(
-          address, 'unavailable', f'SecAgg masks: {e}') from None
+          address, kind, f'SecAgg {path}: {e}') from None
     if status != 200:
       # A proxy or a broken pod may answer HTML or nothing: any body.
       detail = body.get('error', body) if isinstance(body, dict) else body
       raise executor_client.ExecutorError(
-          address, 'error', f'SecAgg masks: HTTP {status}: '
-          f'{str(detail)[:500]}')
+          address, 'refused' if status == 409 else 'error',
+          f'SecAgg {path}: HTTP {status}: {str(detail)[:500]}')
+    return body
+
+  def secagg(self, header: dict[str, Any], blobs: dict[str, bytes]):
+    """Relays one SecAgg+ stage to the named pods, concurrently.
+
+    The edge server reads nothing of it: the messages are JSON the pods
+    and the coordinator check (workers.secagg), and the shares in them are
+    encrypted to their receivers.
+    """
+    del blobs
+    requests = header.get('requests')
+    if not isinstance(requests, dict):
+      raise _bad_request('SecAgg: header lacks requests {pod: request}')
+    unknown = sorted(set(requests) - set(self._pods))
+    if unknown:
+      raise _bad_request(f'SecAgg: pods {unknown[:5]} are not under edge '
+                         f'server {self.spec.name}')
+    timeout = header.get('timeout')
+    futures = {pod: self._relay_pool.submit(
+        self._post_secagg, pod, '/control/secagg/round', request, timeout)
+               for pod, request in requests.items()}
+    replies, failures = {}, []
+    for pod in sorted(futures):
+      try:
+        replies[pod] = futures[pod].result()
+        self.metrics.record('secagg_relay', None, peer=pod)
+      except executor_client.ExecutorError as e:
+        self.metrics.record('secagg_relay', None, peer=pod, error=e.kind)
+        failures.append({'pod': pod, 'edge_server': self.spec.name,
+                         'kind': e.kind, 'error': e.detail})
+    return {'replies': replies, 'failures': failures}, {}
 
   def run(self, header: dict[str, Any], blobs: dict[str, bytes]):
     """Runs up_to_merge on the named pods and merges their partials."""
@@ -293,12 +330,18 @@ class EdgeServer:
       return executor_client.struct_value(parts)
 
     secagg = header.get('secagg')
+    if secagg is not None:
+      masks = secagg.get('masks') if isinstance(secagg, dict) else None
+      if not isinstance(masks, dict) or set(masks) != set(pod_clients):
+        raise _bad_request('Run: secagg header needs masks {pod: forwarded '
+                           'shares} for exactly the pods of the call')
 
     def run_pod(pod: str):
       with (self._slots.hold() if self._slots else contextlib.nullcontext()):
         start = time.monotonic()
         if secagg is not None:
-          self._prepare_masks(pod, secagg, timeout)
+          # The pod writes its mask; the computation below adds it.
+          self._post_secagg(pod, '/control/secagg/mask', masks[pod], timeout)
         arg = argument(pod)
         result = self._clients[pod].run(up_key, up_to_merge, arg,
                                         pod_clients[pod], timeout)
@@ -306,7 +349,7 @@ class EdgeServer:
               time.monotonic() - start)
 
     futures = {pod: self._pool.submit(run_pod, pod) for pod in pod_clients}
-    partials, failures, seconds = [], [], {}
+    partials, failures, seconds, merged_pods = [], [], {}, []
     sent = received = 0
     for pod in sorted(futures):  # Merge order fixed: reproducible sums.
       try:
@@ -331,10 +374,12 @@ class EdgeServer:
                          'error': f'{type(e).__name__}: {e}'[:2000]})
         continue
       partials.append(result)
+      merged_pods.append(pod)
       sent += arg_bytes
       received += result.ByteSize()
     reply: dict[str, Any] = {'failures': failures, 'pod_seconds': seconds,
                              'merged_pods': len(partials),
+                             'merged': merged_pods,
                              'pod_bytes_sent': sent,
                              'pod_bytes_received': received}
     if not partials:
@@ -394,7 +439,10 @@ def serve(server: EdgeServer, port: int,
                                                         server.prepare),
                                     server.policy),
                 'Run': _handler(server.metrics.wrap('run', server.run),
-                                server.policy)})])
+                                server.policy),
+                'SecAgg': _handler(server.metrics.wrap('secagg',
+                                                       server.secagg),
+                                   server.policy)})])
   if tls is not None:
     grpc_server.add_secure_port(f'[::]:{port}',
                                 tls_lib.grpc_server_credentials(tls))

@@ -1,10 +1,13 @@
 """A node's identity, born on the node: its key, its CSR, then its certificate.
 
     python -m workers.identity --dir=/data/identity --name=edge-0 \
-        --role=edge-pod --ca=/ca/ca.crt --wait_seconds=86400
+        --role=edge-pod --ca=/ca/ca.crt --wait_seconds=86400 \
+        [--secagg_key=/data/identity/secagg-identity.key]
 
 On first start this makes <dir>/<name>.key (EC P-256, 0600; it never leaves
-the node) and <dir>/<name>.csr, and prints the CSR (so that the operator can
+the node) and <dir>/<name>.csr (with --secagg_key, an edge pod's SecAgg
+identity key too, Ed25519, 0600, certified by the same CSR; see
+workers.certs), and prints the CSR (so that the operator can
 read it with `kubectl logs` or `kubectl exec ... cat`). It then waits until
 <dir>/<name>.crt appears (put there by whoever holds the CA: k8s/sign_csrs.sh
 after a Kubernetes CertificateSigningRequest is approved, or by hand with
@@ -31,13 +34,15 @@ from cryptography import x509
 from data_prep import entry_point
 from workers import certs
 from workers import tls
+from workers.secagg import keys as secagg_keys
+from workers.secagg import messages as secagg_messages
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """--dir, --name, --role (workers.certs'), --ca, --wait_seconds,
-  --renew_days; only when run as a program."""
+  """--dir, --name, --role, --secagg_key (workers.certs'), --ca,
+  --wait_seconds, --renew_days; only when run as a program."""
   certs.define_command_flags()
   flags.DEFINE_string('ca', None, 'The cluster CA certificate (public).')
   flags.DEFINE_float('wait_seconds', 0.0,
@@ -51,8 +56,12 @@ _POLL_SECONDS = 2.0
 
 
 def problem(directory: str, name: str, role: str, ca: str,
-            now: Optional[datetime.datetime] = None) -> Optional[str]:
-  """Why <directory>/<name>.crt is not yet this node's certificate (or None)."""
+            now: Optional[datetime.datetime] = None,
+            secagg_key: Optional[str] = None) -> Optional[str]:
+  """Why <directory>/<name>.crt is not yet this node's certificate (or None).
+
+  With `secagg_key`, the certificate must also certify that SecAgg identity.
+  """
   files = tls.TlsFiles(ca=ca, cert=os.path.join(directory, f'{name}.crt'),
                        key=os.path.join(directory, f'{name}.key'))
   if not os.path.exists(files.cert):
@@ -64,6 +73,26 @@ def problem(directory: str, name: str, role: str, ca: str,
     return str(e)
   if got != (role, name):
     return f'{files.cert} is for {got[0]} {got[1]}, not {role} {name}'
+  if secagg_key:
+    return secagg_problem(files.cert, name, secagg_key)
+  return None
+
+
+def secagg_problem(cert_path: str, name: str, secagg_key: str
+                   ) -> Optional[str]:
+  """Why the certificate does not certify the SecAgg key (or None)."""
+  with open(cert_path, 'rb') as f:
+    cert = x509.load_pem_x509_certificate(f.read())
+  try:
+    certified = secagg_keys.parse_identity_extension(
+        cert.extensions, name, cert.public_key())
+  except secagg_messages.Refused as e:
+    return f'{cert_path}: {e}'
+  if certified is None:
+    return f'{cert_path} certifies no SecAgg identity (signed from an older CSR)'
+  own = secagg_keys.load_or_create_identity(secagg_key)
+  if secagg_keys.public_bytes(certified) != secagg_keys.public_bytes(own):
+    return f'{cert_path} certifies another SecAgg identity than {secagg_key}'
   return None
 
 
@@ -83,11 +112,12 @@ def main(argv: list[str]) -> int:
       if not FLAGS[flag].value:
         raise certs.CertError(f'--{flag} is required')
     directory, name, role = FLAGS.dir, FLAGS.name, FLAGS.role
-    _, csr_path = certs.make_node_csr(directory, name, role)
+    secagg_key = FLAGS.secagg_key
+    _, csr_path = certs.make_node_csr(directory, name, role, secagg_key)
   except (certs.CertError, OSError) as e:
     print(f'error: identity: {e}', file=sys.stderr)
     return 2
-  why = problem(directory, name, role, FLAGS.ca)
+  why = problem(directory, name, role, FLAGS.ca, secagg_key=secagg_key)
   if why is None:
     if days_left(directory, name) < FLAGS.renew_days:
       print(f'identity: {name}: certificate expires in '
@@ -106,7 +136,7 @@ def main(argv: list[str]) -> int:
   last = why
   while time.monotonic() < deadline:
     time.sleep(_POLL_SECONDS)
-    why = problem(directory, name, role, FLAGS.ca)
+    why = problem(directory, name, role, FLAGS.ca, secagg_key=secagg_key)
     if why is None:
       print(f'identity: {name} ({role}) is ready', flush=True)
       return 0

@@ -11,6 +11,7 @@ from tests import testutil
 from workers import certs
 from workers import identity
 from workers import tls
+from workers.secagg import keys as secagg_keys
 
 
 class IdentityTest(absltest.TestCase):
@@ -94,6 +95,46 @@ class IdentityTest(absltest.TestCase):
     with open(csr_path, 'rb') as f:
       with self.assertRaisesRegex(certs.CertError, 'asks for role'):
         certs.sign_csr(self.ca, f.read(), 'edge-2', 'edge-pod')
+
+
+  def test_a_secagg_identity_rides_on_the_same_csr(self):
+    secagg_key = os.path.join(self.node_dir, 'secagg-identity.key')
+    _, csr_path = certs.make_node_csr(self.node_dir, 'edge-0', 'edge-pod',
+                                      secagg_key)
+    self.assertEqual(stat.S_IMODE(os.stat(secagg_key).st_mode), 0o600)
+    ca = os.path.join(self.ca_dir, 'ca.crt')
+    cert_path = os.path.join(self.node_dir, 'edge-0.crt')
+    # A certificate for the node's key without it does not complete it.
+    with open(os.path.join(self.node_dir, 'edge-0.key'), 'rb') as f:
+      node_key = certs.serialization.load_pem_private_key(f.read(), None)
+    plain = certs.issue_node_cert(self.ca, 'edge-0', role='edge-pod',
+                                  public_key=node_key.public_key())
+    with open(cert_path, 'wb') as f:
+      f.write(plain.cert_pem())
+    why = identity.problem(self.node_dir, 'edge-0', 'edge-pod', ca,
+                           secagg_key=secagg_key)
+    self.assertIn('certifies no SecAgg identity', why)
+    # Signed from its CSR: complete, and the SecAgg roster takes it.
+    with open(csr_path, 'rb') as f:
+      cert = certs.sign_csr(self.ca, f.read(), 'edge-0', 'edge-pod')
+    with open(cert_path, 'wb') as f:
+      f.write(cert.public_bytes(certs.serialization.Encoding.PEM))
+    self.assertIsNone(identity.problem(self.node_dir, 'edge-0', 'edge-pod',
+                                       ca, secagg_key=secagg_key))
+    roster = secagg_keys.CertificateRoster(self.ca.cert)
+    certified = roster.identity('edge-0', secagg_keys.certificate_der(cert))
+    own = secagg_keys.load_or_create_identity(secagg_key)
+    self.assertEqual(secagg_keys.public_bytes(certified),
+                     secagg_keys.public_bytes(own))
+    # The program waits for exactly that, and then is ready.
+    process = subprocess.run(
+        [sys.executable, '-m', 'workers.identity', f'--dir={self.node_dir}',
+         '--name=edge-0', '--role=edge-pod', f'--ca={ca}',
+         f'--secagg_key={secagg_key}', '--wait_seconds=0'],
+        cwd=testutil.REPO_ROOT, capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, PYTHONPATH=testutil.REPO_ROOT), check=False)
+    self.assertEqual(process.returncode, 0, process.stderr)
+    self.assertIn('is ready', process.stdout)
 
 
 if __name__ == '__main__':

@@ -79,6 +79,23 @@ def check_reply(reply: Any, blobs: dict[str, bytes]) -> None:
     raise BadReply(f'reply has unexpected blobs {sorted(blobs)[:5]}')
 
 
+def check_secagg_reply(reply: Any, pods: Any) -> None:
+  """Raises BadReply unless `reply` is a SecAgg relay reply for `pods`."""
+  if not isinstance(reply, dict):
+    raise BadReply(f'reply header is a {type(reply).__name__}')
+  replies, failures = reply.get('replies'), reply.get('failures')
+  if not isinstance(replies, dict) or not set(replies) <= set(pods):
+    raise BadReply('reply replies is not {pod: reply} for the pods asked')
+  if not isinstance(failures, list):
+    raise BadReply('reply failures is not a list')
+  for failure in failures:
+    if not (isinstance(failure, dict) and failure.get('pod') in pods and
+            isinstance(failure.get('kind'), str) and
+            isinstance(failure.get('error'), str)):
+      raise BadReply(f'reply failure {str(failure)[:200]} is not '
+                     '{pod, kind, error} of a pod asked')
+
+
 def failure_of(error: Exception) -> tuple[str, str]:
   """(kind, detail) of an edge server's failure, for the round's report."""
   if isinstance(error, grpc.RpcError):

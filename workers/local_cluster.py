@@ -43,13 +43,16 @@ from workers import health
 from workers import netns
 from workers import placement
 from workers import prepared_data
+from workers import secagg_pod
 from workers import tls_terminator
 from workers import topology as topology_lib
 from workers import worker_process
+from workers.secagg import keys as secagg_keys
 
 _POD_PORT, _POD_HEALTH_PORT = 8000, 8001
 _POD_EXECUTOR_PORT = 8002  # Behind the TLS terminator, on the pod's loopback.
 _SERVER_PORT, _SERVER_HEALTH_PORT = 7000, 7001
+_SERVER_METRICS_PORT = 7090
 
 
 class _Node:
@@ -65,6 +68,7 @@ class _Node:
     self.namespace = namespace
     self.process: Optional[subprocess.Popen] = None
     self.restarts = 0
+    self.metrics_address: Optional[str] = None  # Prometheus /metrics.
 
   def start(self) -> None:
     log = open(self.log_path, 'ab')
@@ -113,7 +117,8 @@ class LocalCluster:
   def __init__(self, shard_dir: str, num_pods: int,
                num_edge_servers: int, cluster_dir: Optional[str] = None,
                use_netns: Optional[bool] = None, pod_threads: int = 1,
-               use_tls: Optional[bool] = None):
+               use_tls: Optional[bool] = None, metrics: bool = False,
+               pod_args: tuple[str, ...] = ()):
     check_sizes(num_pods, num_edge_servers)
     self.shard_dir = shard_dir  # data_prep's output for every client.
     self.num_pods = num_pods
@@ -124,6 +129,8 @@ class LocalCluster:
       raise UserError('network namespaces need root and the `ip` tool; run '
                       'as root or pass --netns=false')
     self.pod_threads = pod_threads
+    self.metrics = metrics  # Edge servers serve Prometheus /metrics.
+    self.pod_args = tuple(pod_args)  # Extra edge_pod flags (--secagg_*).
     # Mutual TLS on every channel, as a real deployment; needs nginx. Never
     # a silent fallback to plaintext.
     use_tls = True if use_tls is None else use_tls
@@ -201,8 +208,15 @@ class LocalCluster:
     server_names = [f'edge-server-{j}' for j in range(self.num_edge_servers)]
     if self.use_tls:
       self.tls_dir = os.path.join(self.cluster_dir, 'certs')
+      # Each pod's SecAgg identity is made in its own directory (where the
+      # pod finds it) and certified in its TLS certificate.
+      identities = {
+          pod: secagg_keys.load_or_create_identity(
+              os.path.join(data_dir, secagg_pod.IDENTITY_FILE))
+          for pod, data_dir in pod_dirs.items()}
       certs.write_bundle(self.tls_dir, ['coordinator', *server_names,
-                                        *pod_dirs], overwrite=True)
+                                        *pod_dirs], overwrite=True,
+                         secagg_identities=identities)
     pod_specs = []
     for i, (name, data_dir) in enumerate(pod_dirs.items()):
       namespace, address, health_address = self._address(
@@ -212,7 +226,8 @@ class LocalCluster:
       args = [f'--name={name}', f'--data_dir={data_dir}',
               f'--port={address.rsplit(":", 1)[1]}',
               f'--health_port={health_address.rsplit(":", 1)[1]}',
-              f'--threads={self.pod_threads}', '--verify_shards=false']
+              f'--threads={self.pod_threads}', '--verify_shards=false',
+              *self.pod_args]
       if self.use_tls:
         args += [f'--tls_dir={self.tls_dir}',
                  f'--run_dir={os.path.join(self.cluster_dir, "run", name)}']
@@ -243,11 +258,19 @@ class LocalCluster:
               f'--cpu_slots_dir={os.path.join(self.cluster_dir, "cpu-slots")}']
       if not self.use_tls:
         args += ['--insecure']
+      metrics_address = None
+      if self.metrics:
+        port = (_SERVER_METRICS_PORT if namespace
+                else portpicker.pick_unused_port())
+        args += [f'--metrics_port={port}']
+        metrics_address = f'{address.rsplit(":", 1)[0]}:{port}'
+
       probe_at = (f'127.0.0.1:{_SERVER_HEALTH_PORT}' if namespace
                   else health_address)
       self.edge_servers.append(
           _Node(name, self._argv(namespace, 'workers.edge_server', args),
                 os.path.join(logs, f'{name}.log'), probe_at, namespace))
+      self.edge_servers[-1].metrics_address = metrics_address
     self.topology = topology_lib.Topology(tuple(servers), eval_data=eval_dir,
                                           tls_dir=self.tls_dir)
     topology_lib.save(self.topology, self.topology_path)

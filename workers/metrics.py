@@ -21,8 +21,9 @@ docs/grafana/ and docs/dashboard.md use them):
 Call kinds: an edge server counts the RPCs it serves (describe, prepare,
 run; peer="") and the calls it makes (pod_run per pod, peer=<pod>; merge).
 A pod's executor is TFF's C++ service, which this Python process never sees:
-a pod counts its control calls (manifest, secagg_masks); the executor work
-is timed by its edge server as pod_run.
+a pod counts its control calls (manifest, secagg_round, secagg_mask); the
+executor work is timed by its edge server as pod_run. An edge server also
+counts the SecAgg+ stages it relays (secagg; secagg_relay per pod).
 
 Each component has its own CollectorRegistry (no process-wide state), so
 several can live in one process (tests) and each /metrics shows one node.

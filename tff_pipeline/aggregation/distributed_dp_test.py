@@ -22,7 +22,8 @@ from tff_pipeline.aggregation import distributed_dp
 from workers import local_runtime as runtime
 from tff_pipeline.secagg import form as secure_form
 from workers import secure_round as secure_rounds
-from workers import secagg_masks
+from workers.secagg import maskfile
+from workers.secagg import messages
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -192,22 +193,23 @@ class SecureRoundTest(absltest.TestCase):
       cls.forms[name] = (process,
                          secure_form.SecureForm(comp, 10, cls.root))
 
-  def _masks(self, form, tag):
-    pod = secagg_masks.PodKeys(secagg_masks.new_secret(), _IDS)
-    pod.prepare_round(self.root, {
-        'tag': tag, 'clients': _IDS, 'public_keys': pod.public_keys,
-        'layout': form.layout.to_json()})
-
   def _unmasked_sum(self, name, tag):
     """What the coordinator unmasks, and each client's share, of one round."""
+    del tag  # A fresh SecAgg+ round tag each time.
     process, form = self.forms[name]
     state = distributed_dp.set_participants(process.initialize(), len(_IDS))
     broadcast = form.prepare(state)
-    self._masks(form, tag)
-    _, sums = form.pod_round(broadcast, _KEYS, tag)
+    tag = messages.RoundId(messages.new_run_nonce(), 1, 1).tag
+    modulus = np.uint64(form.layout.moduli[0])
+    mask = np.random.default_rng().integers(0, int(modulus), form.length,
+                                            dtype=np.uint64)
+    maskfile.write(self.root, tag, mask)
+    _, words = form.pod_round(broadcast, _KEYS, tag)
+    # The masked sum less the mask: what SecAgg+ unmasks.
+    unmasked = (form.unpack(words) - mask) % modulus
     shares = [np.asarray(secure_form._flat_values(
         form.mrf.work(key, broadcast))[-1]) for key in _KEYS]
-    return np.asarray(sums[0]), shares
+    return unmasked.astype(np.int64), shares
 
   def test_layout_is_one_modular_vector(self):
     form = self.forms['noisy'][1]

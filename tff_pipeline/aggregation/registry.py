@@ -16,11 +16,15 @@ from data_prep.errors import UserError
 from data_prep.errors import did_you_mean
 from tff_pipeline.aggregation import distributed_dp
 from tff_pipeline.secagg import quantized_sum
+from tff_pipeline.secagg import weighted_mean
 
 # dp_adaptive's clip learning rate: TFF's DP-FedAvg default.
 _ADAPTIVE_CLIP_LEARNING_RATE = 0.2
 
-Factory = tff.aggregators.UnweightedAggregationFactory
+Factory = (tff.aggregators.UnweightedAggregationFactory |
+           tff.aggregators.WeightedAggregationFactory)
+# secagg's weight cap when the caller knows no client sizes.
+DEFAULT_MAX_WEIGHT = float(2**16 - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +39,8 @@ class AggregatorParams:
     target_unclipped_quantile: dp_adaptive's target quantile.
     dim: Parameters of the aggregated update (distributed_dp checks its
       model against it: its accounting depends on it); 0: not checked.
+    max_weight: secagg's cap on a client's weight (its examples trained on);
+      0: DEFAULT_MAX_WEIGHT.
   """
   clip: float = 1.0
   bits: int = quantized_sum.DEFAULT_BITS
@@ -42,6 +48,7 @@ class AggregatorParams:
   clients_per_round: float = 10.0
   target_unclipped_quantile: float = 0.5
   dim: int = 0
+  max_weight: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +59,8 @@ class Aggregator:
     name: Its --aggregator name.
     secure: Its sums are secure sums (rounds need real masks).
     private: It adds DP noise (the run has an epsilon).
-    build: AggregatorParams -> an unweighted factory, or None for TFF's
-      weighted mean.
+    build: AggregatorParams -> a factory (unweighted: each client counts
+      once; weighted: by its examples), or None for TFF's weighted mean.
     summary: One line for --help.
   """
   name: str
@@ -93,9 +100,10 @@ AGGREGATORS: dict[str, Aggregator] = {a.name: a for a in (
     Aggregator('mean', secure=False, private=False, build=lambda p: None,
                summary='weighted FedAvg mean, plain sums'),
     Aggregator('secagg', secure=True, private=False,
-               build=lambda p: quantized_sum.mean_factory(p.clip, p.bits),
-               summary='unweighted mean of --clip-clipped updates under '
-                       'secure aggregation'),
+               build=lambda p: weighted_mean.SecureWeightedMeanFactory(
+                   p.max_weight or DEFAULT_MAX_WEIGHT, p.bits),
+               summary='the weighted mean (as mean) under SecAgg+ secure '
+                       'aggregation; adaptive clip that does not bite'),
     Aggregator('dp_fixed', secure=False, private=True, build=_dp_fixed,
                summary='DP-FedAvg: Gaussian noise, fixed clip'),
     Aggregator('dp_adaptive', secure=False, private=True, build=_dp_adaptive,

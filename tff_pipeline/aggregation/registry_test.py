@@ -39,9 +39,13 @@ class AggregatorsTest(absltest.TestCase):
         if name == 'distributed_dp':  # Its modulus is at most 2^30.
           params = dataclasses.replace(params, bits=20, dim=10)
         factory = aggregators.build(name, params)
-        self.assertIsInstance(factory,
-                              tff.aggregators.UnweightedAggregationFactory)
-        process = factory.create(_VALUE_TYPE)
+        if isinstance(factory, tff.aggregators.WeightedAggregationFactory):
+          # secagg: the weighted mean (FedAvg's) under secure sums.
+          process = factory.create(_VALUE_TYPE, tff.TensorType(np.float32))
+        else:
+          self.assertIsInstance(factory,
+                                tff.aggregators.UnweightedAggregationFactory)
+          process = factory.create(_VALUE_TYPE)
         text = process.next.to_building_block().compact_representation()
         self.assertEqual('federated_secure' in text, spec.secure)
 

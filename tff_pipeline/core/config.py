@@ -195,16 +195,18 @@ class TrainConfig:
   aggregator: str = _opt(
       'mean', 'train_args',
       'How client updates are combined: mean (weighted, plain), secagg '
-      '(unweighted mean of --clip-clipped updates under pairwise-mask secure '
-      'aggregation), dp_fixed / dp_adaptive (DP-FedAvg: Gaussian noise, fixed '
-      'or quantile-adaptive clipping), secagg_dp (dp_fixed over secagg), '
-      'distributed_dp (each client adds its share of Skellam noise before '
-      'the secure sum: no server sees an un-noised sum).',
+      '(the same weighted mean under SecAgg+ secure aggregation, with an '
+      'adaptive clip that does not bite), dp_fixed / dp_adaptive (DP-FedAvg: '
+      'Gaussian noise, fixed or quantile-adaptive clipping), secagg_dp '
+      '(dp_fixed over a secure sum), distributed_dp (each client adds its '
+      'share of Skellam noise before the secure sum: no server sees an '
+      'un-noised sum).',
       names='aggregators')
   clip: float = _opt(
       1.0, 'train_args',
-      'L2 norm bound of each client update for secagg, dp_fixed and '
-      'secagg_dp; the initial bound for dp_adaptive.', check=_positive)
+      'L2 norm bound of each client update for dp_fixed and secagg_dp; the '
+      'initial bound for dp_adaptive (secagg adapts its own clip).',
+      check=_positive)
   secagg_bits: int = _opt(
       0, 'train_args',
       'Fixed-point bits per coordinate of a securely summed update (Z_2^b). '
@@ -213,6 +215,13 @@ class TrainConfig:
       '(docs/privacy.md).',
       check=lambda v: None if v == 0 or 8 <= v <= 48 else
       f'must be 0 (auto) or in [8, 48], got {v}')
+  secagg_threshold: int = _opt(
+      3, 'train_args',
+      'Secure aggregation (SecAgg+): the fewest parties whose inputs a '
+      'released sum may cover (parties: the edge pods; on the local runtime, '
+      'the clients). Smaller rounds are skipped and nothing is released. The '
+      'pods enforce their own --secagg_threshold; a remote run refuses pods '
+      'that accept fewer than this.', check=_at_least(2))
   noise_multiplier: float = _opt(
       1.0, 'train_args',
       'DP noise stddev / clip (dp_* and secagg_dp); ignored when '

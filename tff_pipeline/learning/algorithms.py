@@ -23,7 +23,8 @@ from tff_pipeline.tasks.base import Task
 _MAX_SHUFFLE_BUFFER = 10_000
 
 Optimizer = tff.learning.optimizers.Optimizer
-Aggregator = Optional[tff.aggregators.UnweightedAggregationFactory]
+Aggregator = Optional[tff.aggregators.UnweightedAggregationFactory |
+                      tff.aggregators.WeightedAggregationFactory]
 
 
 def model_fn_for(task: Task) -> Callable[[], tff.learning.models.VariableModel]:
@@ -74,8 +75,9 @@ def build_fed_avg(model_fn: Callable[[], tff.learning.models.VariableModel],
     model_fn: Builds a fresh `tff.learning` model.
     client_optimizer: The clients' local optimizer.
     server_optimizer: Applies the aggregated update (FedOpt).
-    aggregator: None: TFF's mean weighted by example counts; else an
-      unweighted factory (SecAgg, DP-FedAvg, ...): each client counts once.
+    aggregator: None: TFF's mean weighted by example counts; a weighted
+      factory (secure weighted mean): weighted by example counts through it;
+      else an unweighted factory (DP-FedAvg, ...): each client counts once.
     fedprox_mu: FedProx's proximal strength (0: FedAvg).
     withhold_train_metrics: True (DP runs): no training metrics leave the
       clients (`withhold_metrics`).
@@ -85,11 +87,13 @@ def build_fed_avg(model_fn: Callable[[], tff.learning.models.VariableModel],
   if fedprox_mu:
     # Not tff.learning.algorithms.build_weighted_fed_prox: see fedprox.py.
     client_optimizer = fedprox.ProximalOptimizer(client_optimizer, fedprox_mu)
-  if aggregator is None:
+  if aggregator is None or isinstance(
+      aggregator, tff.aggregators.WeightedAggregationFactory):
     return tff.learning.algorithms.build_weighted_fed_avg(
         model_fn,
         client_optimizer_fn=client_optimizer,
         server_optimizer_fn=server_optimizer,
+        model_aggregator=aggregator,
         **metrics,
     )
   return tff.learning.algorithms.build_unweighted_fed_avg(

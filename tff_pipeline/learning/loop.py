@@ -9,6 +9,7 @@ rows (progress, tracking, metrics endpoints).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -71,6 +72,19 @@ def _without_ids(text: str, client_ids: Sequence[str]) -> str:
   return text
 
 
+def _party_counts(summary: dict[str, Any]) -> dict[str, Any]:
+  """A SecAgg+ summary without party names: lists become their lengths and
+  `dropped` (party -> stage) becomes stage -> how many dropped there."""
+  out = {}
+  for key, value in summary.items():
+    if key == 'dropped':
+      value = dict(sorted(collections.Counter(value.values()).items()))
+    elif isinstance(value, (list, tuple)):
+      value = len(value)
+    out[key] = value
+  return out
+
+
 def _report_fields(report: Optional[rounds_lib.RoundReport],
                    release_ids: bool, sampled: Sequence[str]
                    ) -> dict[str, Any]:
@@ -94,6 +108,12 @@ def _report_fields(report: Optional[rounds_lib.RoundReport],
       fields['participants'] = report.participants
     else:
       fields['participants_count'] = len(report.participants)
+  if getattr(report, 'secagg', None) is not None:
+    # Locally the SecAgg+ parties are the clients: counts, as above.
+    fields['secagg'] = (report.secagg if release_ids
+                        else _party_counts(report.secagg))
+  if getattr(report, 'skipped', ''):
+    fields['skipped'] = report.skipped
   return fields
 
 
@@ -129,7 +149,8 @@ def run(process: tff.learning.templates.LearningProcess, state: Any,
     if sampled:
       keys = [schedule.client_key(c, round_num) for c in sampled]
       output, report = runner(state, keys, sampled, round_num)
-      state, metrics = output.state, output.metrics
+      if output is not None:  # None: the round was skipped (secure rounds).
+        state, metrics = output.state, output.metrics
     else:
       # Poisson sampling drew nobody: nothing trains and nothing is released.
       logging.warning('round %d: no client sampled; the model is unchanged',

@@ -9,6 +9,7 @@ from absl.testing import absltest
 import dp_accounting
 from dp_accounting import rdp
 import numpy as np
+import tensorflow as tf
 
 from tests import testutil
 from workers import local_runtime as runtime
@@ -83,6 +84,30 @@ class TrainingLoopTest(absltest.TestCase):
     self.assertTrue(np.isfinite(before))
     self.assertNotIn('privacy', result.rows[0])
     self.assertGreater(result.summary['final_eval']['accuracy'], 0.2)
+
+  def test_secagg_rounds_below_the_threshold_are_skipped_not_released(self):
+    # 2 clients per round, threshold 3: every round is refused by the
+    # parties; the run goes on and the model stays the initial one.
+    result = api.run(self._config('secagg-skip', aggregator='secagg',
+                                  clients_per_round=2, rounds=2))
+    self.assertEqual([r['round'] for r in result.rows], [1, 2])
+    for row in result.rows:
+      self.assertIn('2 parties, fewer than the minimum 3', row['skipped'])
+      self.assertEqual(row['train'], {})
+      self.assertNotIn('participants', row)
+    config = self._config('secagg-skip-init', aggregator='secagg')
+    task = plan.load_task(config)
+    tf.keras.utils.set_random_seed(config.seed)
+    process = plan.training_process(config, task)
+    initial = algorithms.initial_state(process, task)
+    for a, b in zip(process.get_model_weights(initial).trainable,
+                    result.state.global_model_weights.trainable):
+      np.testing.assert_array_equal(a, b)
+    # With 3 per round the same run trains.
+    trained = api.run(self._config('secagg-three', aggregator='secagg',
+                                   clients_per_round=3, rounds=1))
+    self.assertNotIn('skipped', trained.rows[0])
+    self.assertEqual(trained.rows[0]['secagg']['threshold'], 2)
 
   def test_eval_rows_and_learning(self):
     result = api.run(self._config('eval', rounds=4, eval_every=2))

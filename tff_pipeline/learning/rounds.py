@@ -7,8 +7,10 @@ secure round with real masks) is the runner's business:
   runner(state, keys, client_ids, round_num) -> (process output, report)
 
 `keys[i]` is the client key (id + shuffle seed) of `client_ids[i]`; the
-output is the learning process's `next` output; the report says what the
-round cost and who failed (None on the local runtime).
+output is the learning process's `next` output, or None when the round was
+skipped and nothing released (a secure round below its threshold; the
+report's `skipped` says why); the report says what the round cost and who
+failed (None on the local runtime).
 """
 
 from __future__ import annotations

@@ -3,11 +3,13 @@
 Client values are clipped to [-bound, bound] per coordinate, quantized to
 fixed point in Z_{2^bits} with stochastic rounding (unbiased), and summed with
 `tff.federated_secure_sum_bitwidth`. TFF's own runtimes treat that intrinsic
-as a plain sum; ours (`tff_pipeline.secagg.form`) gives it real pairwise
-masks, so the server only ever holds masked values until the full sum.
+as a plain sum; ours (`tff_pipeline.secagg.form` driven by SecAgg+,
+`workers.secure_round`) gives it real masks, so the server only ever holds
+masked values until the sum over the round's surviving parties.
 
 It is an unweighted sum: use it inside `tff.aggregators.UnweightedMeanFactory`
-(`mean_factory`) or as the record sum of
+(`mean_factory`; --aggregator=secagg is the weighted mean of
+`weighted_mean`) or as the record sum of
 `tff.aggregators.DifferentiallyPrivateFactory` (`dp_factory`), whose records
 are already L2-clipped to the same bound.
 

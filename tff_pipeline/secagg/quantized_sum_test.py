@@ -22,8 +22,8 @@ _VALUE_TYPE = tff.StructWithPythonType(
 def _sum_of(factory, values):
   """The factory's sum of `values`, run as SecAgg runs it: masked, modular.
 
-  TFF's own runtime cannot run `federated_secure_sum_bitwidth` here; our
-  round runner (tff_pipeline.secagg.form) gives it real masks.
+  TFF's own runtime sums `federated_secure_sum_bitwidth` in the clear; our
+  round runner (tff_pipeline.secagg.form, SecAgg+) gives it real masks.
   """
   process = factory.create(_VALUE_TYPE)
   tables = [np.stack([v[i] for v in values]) for i in range(2)]
@@ -71,10 +71,12 @@ class SecureQuantizedSumFactoryTest(absltest.TestCase):
     self.assertGreater(np.abs(coarse[0] - plain).max(), 1e-4)
 
   def test_values_beyond_the_bound_are_clipped(self):
-    values = [[np.full(50, 5.0, np.float32), np.full(3, -5.0, np.float32)]]
+    # Three parties: the fewest a secure sum may cover by default.
+    values = [[np.full(50, 5.0, np.float32), np.full(3, -5.0, np.float32)]
+              for _ in range(3)]
     summed = _sum_of(secagg.SecureQuantizedSumFactory(2.0), values)
-    np.testing.assert_allclose(summed[0], 2.0, atol=1e-6)
-    np.testing.assert_allclose(summed[1], -2.0, atol=1e-6)
+    np.testing.assert_allclose(summed[0], 3 * 2.0, atol=1e-6)
+    np.testing.assert_allclose(summed[1], 3 * -2.0, atol=1e-6)
 
   def test_rounding_is_unbiased(self):
     # 1/3 of a step between two grid points: stochastic rounding averages it.

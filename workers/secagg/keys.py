@@ -7,10 +7,19 @@ name by the roster, either
 * `Roster`: a fixed {party id: public key} map the operator distributes
   (tests, benchmarks, small static deployments), or
 * `CertificateRoster`: the cluster CA certifies an Ed25519 identity key per
-  node (`issue_identity_certificate`; the SAN is the party id). Adverts then
-  carry the certificate and every party checks it against the CA it already
-  trusts for mutual TLS, so no new distribution channel is needed and the
-  relaying tier cannot mint identities without the CA's offline key.
+  node. Adverts carry the certificate and every party checks it against the
+  CA it already trusts for mutual TLS (and its revocation list), so no new
+  distribution channel is needed and the relaying tier cannot mint
+  identities without the CA's offline key. Two certificate forms:
+  - the pod's own TLS certificate (role edge-pod) with the identity key in
+    an extension (`identity_extension`), which the pod's CSR carries and the
+    signer copies (workers.certs): one CSR, one approval, one certificate,
+    and only edge pods can be parties;
+  - a dedicated identity certificate whose subject key is the Ed25519 key
+    (`issue_identity_certificate`; tests and benchmarks).
+* `SelfSignedRoster`: for clusters without a CA (--insecure): each party
+  vouches for itself. It keeps the protocol running, but a relay can then
+  substitute keys (docs/secagg.md).
 
 Per round (per attempt) every party draws two fresh X25519 pairs (RFC 7748):
 c for the AEAD that carries its secret shares, s for its pairwise masks
@@ -39,6 +48,13 @@ from workers.secagg import messages
 
 KEY_BYTES = 32
 SIGNATURE_BYTES = 64
+# The node-certificate extension that carries a pod's SecAgg identity key
+# (a UUID OID, ITU-T X.667: no registration needed).
+IDENTITY_EXTENSION_OID = x509.ObjectIdentifier(
+    '2.25.124980960988180581274289418517297909773')
+PARTY_ROLE = 'edge-pod'
+_SPIFFE_PREFIX = 'spiffe://tff-edge/'
+_BINDING = b'tff-edge secagg identity v1\x00'
 _P25519 = 2**255 - 19
 # Any fixed scalar: X25519 clamps it to a multiple of 8, which kills every
 # point of order dividing 8, on the curve or its twist, to the all-zero
@@ -173,13 +189,16 @@ def issue_identity_certificate(ca_key, ca_cert: x509.Certificate, party: str,
 class CertificateRoster:
   """Identities certified by the cluster CA, checked as adverts bring them."""
 
-  def __init__(self, ca_certificate: x509.Certificate):
+  def __init__(self, ca_certificate: x509.Certificate,
+               revoked: Iterable[int] = ()):
     self._ca = ca_certificate
+    self._revoked = frozenset(revoked)
     self._cache: dict[bytes, tuple[str, ed25519.Ed25519PublicKey]] = {}
 
   @classmethod
-  def from_pem(cls, ca_pem: bytes) -> 'CertificateRoster':
-    return cls(x509.load_pem_x509_certificate(ca_pem))
+  def from_pem(cls, ca_pem: bytes, revoked: Iterable[int] = ()
+               ) -> 'CertificateRoster':
+    return cls(x509.load_pem_x509_certificate(ca_pem), revoked)
 
   def identity(self, party: str, certificate: bytes | None = None
                ) -> ed25519.Ed25519PublicKey:
@@ -207,9 +226,26 @@ class CertificateRoster:
     now = datetime.datetime.now(datetime.timezone.utc)
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
       raise messages.Refused('identity certificate expired or not yet valid')
+    if cert.serial_number in self._revoked:
+      raise messages.Refused(f'identity certificate (serial '
+                             f'{cert.serial_number:x}) is revoked')
     key = cert.public_key()
     if not isinstance(key, ed25519.Ed25519PublicKey):
-      raise messages.Refused('identity certificate is not for an Ed25519 key')
+      # A node's TLS certificate with the identity in an extension.
+      try:
+        role, name = node_identity(cert)
+      except messages.Refused as e:
+        raise messages.Refused(f'identity certificate is not for an Ed25519 '
+                               f'key, nor a node certificate ({e})') from None
+      if role != PARTY_ROLE:
+        raise messages.Refused(f'certificate of {role} {name}: only '
+                               f'{PARTY_ROLE} nodes are SecAgg parties')
+      identity = parse_identity_extension(cert.extensions, name, key)
+      if identity is None:
+        raise messages.Refused(f'certificate of {name} carries no SecAgg '
+                               'identity key (issued before SecAgg+? make a '
+                               'new CSR with workers.identity)')
+      return messages.check_party(name), identity
     try:
       names = cert.extensions.get_extension_for_class(
           x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
@@ -221,8 +257,121 @@ class CertificateRoster:
     return messages.check_party(names[0]), key
 
 
+def _spki(public_key) -> bytes:
+  return public_key.public_bytes(
+      serialization.Encoding.DER,
+      serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _binding_message(name: str, tls_public_key) -> bytes:
+  return _BINDING + name.encode() + b'\x00' + _spki(tls_public_key)
+
+
+def identity_extension(identity: ed25519.Ed25519PrivateKey, name: str,
+                       tls_public_key) -> x509.UnrecognizedExtension:
+  """The extension binding `identity` to node `name` and its TLS key.
+
+  Its value is a DER OCTET STRING of the 32-byte Ed25519 public key and the
+  identity's signature over (name, the TLS key): whoever put it in a CSR
+  holds both keys.
+  """
+  payload = public_bytes(identity) + identity.sign(
+      _binding_message(name, tls_public_key))
+  return x509.UnrecognizedExtension(
+      IDENTITY_EXTENSION_OID, bytes([0x04, len(payload)]) + payload)
+
+
+def parse_identity_extension(extensions: x509.Extensions, name: str,
+                             tls_public_key
+                             ) -> ed25519.Ed25519PublicKey | None:
+  """The identity key in `extensions` (of a CSR or certificate), if any.
+
+  Raises:
+    messages.Refused: the extension is malformed or its signature does not
+      bind the identity to `name` and `tls_public_key`.
+  """
+  try:
+    value = extensions.get_extension_for_oid(IDENTITY_EXTENSION_OID).value
+  except x509.ExtensionNotFound:
+    return None
+  data = value.value
+  size = KEY_BYTES + SIGNATURE_BYTES
+  if len(data) != size + 2 or data[:2] != bytes([0x04, size]):
+    raise messages.Refused('SecAgg identity extension is malformed')
+  key = ed25519.Ed25519PublicKey.from_public_bytes(data[2:2 + KEY_BYTES])
+  if not verify(key, data[2 + KEY_BYTES:],
+                _binding_message(name, tls_public_key)):
+    raise messages.Refused(f'SecAgg identity extension of {name} is not '
+                           'signed by its identity key for this node')
+  return key
+
+
+def node_identity(cert: x509.Certificate) -> tuple[str, str]:
+  """(role, name) of a node certificate (spiffe://tff-edge/<role>/<name>)."""
+  try:
+    sans = cert.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+  except x509.ExtensionNotFound:
+    raise messages.Refused('certificate has no subject alternative names'
+                           ) from None
+  uris = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier)
+          if u.startswith(_SPIFFE_PREFIX)]
+  if len(uris) != 1:
+    raise messages.Refused('certificate does not name one tff-edge node')
+  role, _, name = uris[0][len(_SPIFFE_PREFIX):].partition('/')
+  common = [a.value for a in cert.subject.get_attributes_for_oid(
+      NameOID.COMMON_NAME)]
+  if common != [name]:
+    raise messages.Refused('certificate URI and subject name disagree')
+  return role, name
+
+
 def certificate_der(cert: x509.Certificate) -> bytes:
   return cert.public_bytes(serialization.Encoding.DER)
+
+
+class SelfSignedRoster:
+  """Parties that vouch for themselves: for clusters without a CA.
+
+  Accepts a certificate that `self_signed_certificate` made: it proves the
+  key's holder chose the name, not that the name is theirs. Only for
+  --insecure clusters, whose network is trusted anyway.
+  """
+
+  def identity(self, party: str, certificate: bytes | None = None
+               ) -> ed25519.Ed25519PublicKey:
+    if certificate is None:
+      raise messages.Refused(f'party {party} sent no identity certificate')
+    try:
+      cert = x509.load_der_x509_certificate(certificate)
+      key = cert.public_key()
+      if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise ValueError('not an Ed25519 key')
+      cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature) as e:
+      raise messages.Refused(f'identity certificate of {party} is not '
+                             f'self-signed by an Ed25519 key: {e}') from None
+    names = [a.value for a in cert.subject.get_attributes_for_oid(
+        NameOID.COMMON_NAME)]
+    if names != [party]:
+      raise messages.Refused(f'the certificate presented for party {party} '
+                             f'names {names}')
+    return key
+
+
+def self_signed_certificate(identity: ed25519.Ed25519PrivateKey, party: str,
+                            days: int = 3650) -> bytes:
+  """DER certificate of `identity` for `party`, signed by itself."""
+  messages.check_party(party)
+  name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, party)])
+  now = datetime.datetime.now(datetime.timezone.utc)
+  cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+          .public_key(identity.public_key())
+          .serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=days))
+          .sign(identity, None))
+  return certificate_der(cert)
 
 
 def identity_certificates(certs: Iterable[x509.Certificate]
