@@ -8,7 +8,9 @@
 `train(**options)` takes the training options (the flags of
 `tff_pipeline.train`, by name); `run(config)` takes a resolved `TrainConfig`.
 A run writes its outputs to `output_dir` (metrics.jsonl, summary.json,
-TensorBoard events, checkpoints) and resumes from them with resume=True.
+TensorBoard events, checkpoints, and the final global model as a SavedModel
+and a TFLite file in model/) and resumes from them with resume=True;
+`export(output_dir, round_num)` exports the model of any kept checkpoint.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ import os
 import time
 from typing import Any, Callable, Optional
 
+from absl import logging
 import tensorflow as tf
 
 from data_prep.errors import UserError
+from data_prep import shards
+from tff_pipeline import model_export
 from tff_pipeline import plan
 from tff_pipeline.core import config as config_lib
 from tff_pipeline.core.config import TrainConfig
@@ -32,6 +37,8 @@ from tff_pipeline.learning import loop
 from tff_pipeline.learning import metrics_io
 from tff_pipeline.learning import progress as progress_lib
 from tff_pipeline.tasks import base as task_base
+from workers import local_runtime
+from workers import topology as topology_lib
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -53,19 +60,20 @@ class RunResult:
     summary: What summary.json holds.
     task: The bound task (its model builder, data and metrics).
     weights: The final global model weights.
+    exported: The SavedModel and TFLite file written from them (None if the
+      export failed; summary['model'] says why).
   """
   state: Any
   rows: list[dict[str, Any]]
   summary: dict[str, Any]
   task: task_base.Task
   weights: Any
+  exported: Optional[model_export.Exported] = None
 
   @functools.cached_property
   def model(self) -> tf.keras.Model:
     """The trained global model as a Keras model (a fresh copy each run)."""
-    model = self.task.model_builder()
-    self.weights.assign_weights_to(model)
-    return model
+    return model_export.keras_model(self.task, self.weights)
 
 
 def _check_output_dir(config: TrainConfig) -> None:
@@ -187,12 +195,119 @@ def run(config: TrainConfig,
     }
     if privacy_row is not None:
       summary['privacy'] = privacy_row.ledger.after(config.rounds)
+    weights = process.get_model_weights(result.state)
+    exported = _export_final(task, weights, config)
+    summary['model'] = (exported.to_json() if isinstance(
+        exported, model_export.Exported) else {'problem': exported})
     metrics_io.write_summary(config.output_dir, summary)
     return RunResult(state=result.state, rows=result.rows, summary=summary,
-                     task=task, weights=process.get_model_weights(result.state))
+                     task=task, weights=weights,
+                     exported=exported if isinstance(
+                         exported, model_export.Exported) else None)
   finally:
     # Only now: the evaluation above may still run on the cluster.
     run_setup.close()
+
+
+def _export_final(task: task_base.Task, weights: Any, config: TrainConfig
+                  ) -> model_export.Exported | str:
+  """Writes <output_dir>/model/; a failure is reported, not raised.
+
+  The run has finished and its checkpoints are saved: an export problem
+  (e.g. a user's model Keras cannot save) must not lose it;
+  `python -m tff_pipeline.export` can retry from the checkpoint.
+  """
+  try:
+    return model_export.export_model(
+        task, weights, os.path.join(config.output_dir, model_export.MODEL_DIR),
+        config.rounds)
+  except Exception as e:  # pylint: disable=broad-except
+    problem = (f'model export failed ({type(e).__name__}: '
+               f'{" ".join(str(e).split())[:300]})')
+    logging.warning('%s', problem)
+    return problem
+
+
+def describe_export(exported: model_export.Exported) -> str:
+  """One line: where the model went (and why there is no TFLite file)."""
+  where = (f'model of round {exported.round}: {exported.saved_model}'
+           if exported.round is not None else f'model: {exported.saved_model}')
+  if exported.tflite:
+    return f'{where}, {exported.tflite} ({exported.seconds:.1f}s)'
+  return f'{where}; {exported.tflite_problem}'
+
+
+def read_run_config(output_dir: str) -> TrainConfig:
+  """The resolved config a run saved in `<output_dir>/config.json`.
+
+  Raises:
+    UserError: no such run.
+  """
+  path = os.path.join(output_dir, CONFIG_FILE)
+  try:
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+  except FileNotFoundError:
+    raise UserError(f'{path} not found; give the --output_dir of a training '
+                    'run') from None
+  except (OSError, json.JSONDecodeError) as e:
+    raise UserError(f'cannot read {path} ({e}); give the --output_dir of a '
+                    'training run') from None
+  # Options added or removed since the run keep their defaults.
+  known = {k: v for k, v in saved.items() if k in config_lib.OPTION_FIELDS}
+  return TrainConfig(**known)
+
+
+def export(output_dir: str, round_num: Optional[int] = None,
+           model_dir: str = '', shard_dir: str = '') -> model_export.Exported:
+  """Exports the global model of a run's checkpoint.
+
+  Args:
+    output_dir: The run's folder (config.json, checkpoints/).
+    round_num: The checkpoint's round; None for the latest.
+    model_dir: Where to write; '' for `<output_dir>/model` (latest round)
+      or `<output_dir>/model_round_<N>` (an earlier one).
+    shard_dir: Shards of the run's data to bind the task to (its number of
+      classes and input shape); '' for the run's own (local runs) or the
+      topology's eval_data (runs on edge pods).
+
+  Raises:
+    UserError: no run, no such checkpoint, or no data to bind the task to.
+  """
+  config = read_run_config(output_dir)
+  if shard_dir:
+    manifest = shards.load_manifest(shard_dir)
+  elif config.executor == 'remote':
+    manifest = _eval_manifest_of(config)
+  else:
+    manifest = plan.prepare_shards(config)
+  task = plan.bind_task(config, manifest)
+  local_runtime.ensure_local_runtime(1)
+  process = plan.training_process(config, task)
+  checkpoints = checkpoint.RoundCheckpoints(
+      os.path.join(output_dir, CHECKPOINT_DIR), config.keep_checkpoints)
+  template = algorithms.initial_state(process, task)
+  latest = checkpoints.latest_round()
+  state, round_num = checkpoints.load_round(template, round_num)
+  if not model_dir:
+    model_dir = os.path.join(
+        output_dir, model_export.MODEL_DIR if round_num == latest else
+        f'{model_export.MODEL_DIR}_round_{round_num}')
+  return model_export.export_model(task, process.get_model_weights(state),
+                                   model_dir, round_num)
+
+
+def _eval_manifest_of(config: TrainConfig) -> shards.Manifest:
+  try:
+    topology = topology_lib.load(config.topology)
+  except UserError as e:
+    raise UserError(f'the run trained on edge pods and its topology cannot be '
+                    f'read ({e}); pass --shard_dir=<shards of its data>') from None
+  if not topology.eval_data:
+    raise UserError(f'the run trained on the edge pods of {config.topology}, '
+                    'which has no eval_data; pass --shard_dir=<shards of its '
+                    'data>')
+  return shards.load_manifest(topology.eval_data)
 
 
 def train(**options: Any) -> RunResult:

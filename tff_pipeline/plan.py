@@ -52,7 +52,10 @@ def resolve_config(yaml_values: Mapping[str, Any],
       or optimizer included) and its fix.
   """
   family = tasks.get(config_lib.requested_task(yaml_values, flag_values))
-  config = config_lib.resolve(yaml_values, flag_values, family.defaults)
+  defaults_for = getattr(family, 'defaults_for', None)
+  task_defaults = (defaults_for({**yaml_values, **flag_values})
+                   if defaults_for is not None else family.defaults)
+  config = config_lib.resolve(yaml_values, flag_values, task_defaults)
   aggregator = aggregation.get(config.aggregator)
   if config.client_sampling == 'auto':
     # Poisson sampling is what the DP accountants analyse best.
@@ -65,12 +68,17 @@ def resolve_config(yaml_values: Mapping[str, Any],
 
 
 def data_options(config: TrainConfig) -> task_base.DataOptions:
-  """What data preparation takes, from the config."""
+  """What data preparation takes, from the config.
+
+  Extras: the options the task family names in `data_option_names`.
+  """
+  family = tasks.get(config.task)
+  extras = {name: getattr(config, name)
+            for name in getattr(family, 'data_option_names', ())}
   return tasks.data_options(
       data_dir=config.data_dir, shard_dir=config.shard_dir,
       num_clients=config.num_clients, partition=config.partition,
-      partition_alpha=config.partition_alpha, seed=config.seed,
-      emnist_subset=config.emnist_subset if config.task == 'emnist' else '')
+      partition_alpha=config.partition_alpha, seed=config.seed, **extras)
 
 
 def data_key(config: TrainConfig) -> str:

@@ -49,6 +49,10 @@ def main(argv: list[str]) -> int:
   print(f'done: eval accuracy {final["accuracy"]:.4f}, loss {final["loss"]:.4f} '
         f'after round {config.rounds}; {result.summary["wall_seconds"]:.0f}s; '
         f'results in {config.output_dir}', file=sys.stderr)
+  if result.exported is not None:
+    print(api.describe_export(result.exported), file=sys.stderr)
+  else:
+    print(f'warning: {result.summary["model"]["problem"]}', file=sys.stderr)
   spent = result.summary.get('privacy')
   if spent:
     epsilon = spent['epsilon']

@@ -18,6 +18,7 @@ from tff_pipeline.tasks import images
 from tff_pipeline.tasks import movielens
 from tff_pipeline.tasks import shakespeare
 from tff_pipeline.tasks import stackoverflow
+from tff_pipeline.tasks import tabular
 
 TASKS: dict[str, base.TaskFamily] = {
     family.name: family for family in (
@@ -28,6 +29,7 @@ TASKS: dict[str, base.TaskFamily] = {
         stackoverflow.STACKOVERFLOW_TAG,
         stackoverflow.STACKOVERFLOW_NWP,
         movielens.MOVIELENS,
+        tabular.CSV,
     )
 }
 # Methods a task family must have (base.TaskFamily's abstract ones).
