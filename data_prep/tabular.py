@@ -40,7 +40,6 @@ import dataclasses
 import hashlib
 import math
 import os
-import re
 
 from absl import app
 from absl import flags
@@ -57,7 +56,6 @@ TASK = "csv"
 PARTITIONS = ("iid", "dirichlet", "natural")
 DEFAULT_EVAL_FRACTION = 0.1
 DIRICHLET_MIN_EXAMPLES = 10
-_SAFE_ID = re.compile(r"[A-Za-z0-9_.-]+")
 _HASH_CHUNK = 1 << 20
 
 
@@ -253,14 +251,6 @@ def class_names(labels: list[str]) -> list[str]:
     return sorted(distinct)
 
 
-def client_id(value: str) -> str:
-  """A safe shard file name for a --client_column value."""
-  if _SAFE_ID.fullmatch(value) and value not in (".", ".."):
-    return value
-  safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", value).strip("._") or "client"
-  return f"{safe}-{hashlib.sha256(value.encode()).hexdigest()[:8]}"
-
-
 def prepare(data_dir: str, shard_dir: str, label_column: str,
             client_column: str = "", num_clients: int = 10,
             partition: str = "dirichlet", partition_alpha: float = 0.5,
@@ -286,11 +276,9 @@ def prepare(data_dir: str, shard_dir: str, label_column: str,
     if eval_data:
       train_parts.append((name, indices))
       continue
-    held = min(len(indices) - 1,
-               int(math.floor(eval_fraction * len(indices) + 0.5)))
-    shuffled = rng.permutation(indices)
-    train_parts.append((name, np.sort(shuffled[held:])))
-    eval_parts.append(np.sort(shuffled[:held]))
+    kept, held = partition_lib.hold_out(indices, eval_fraction, rng)
+    train_parts.append((name, kept))
+    eval_parts.append(held)
   if eval_data:
     held_out = read_table([os.path.abspath(eval_data)], label_column, "",
                           table.feature_names)
@@ -366,7 +354,8 @@ def _clients(table: Table, labels: np.ndarray, num_clients: int,
     if num_clients:
       largest = sorted(groups, key=lambda o: (-len(groups[o]), o))
       groups = {o: groups[o] for o in largest[:num_clients]}
-    named = [(client_id(owner), rows) for owner, rows in groups.items()]
+    named = [(partition_lib.safe_client_id(owner), rows)
+             for owner, rows in groups.items()]
     ids = [name for name, _ in named]
     if len(set(ids)) != len(ids):
       raise errors.DataFormatError(

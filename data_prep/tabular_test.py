@@ -81,13 +81,6 @@ class ReadTableTest(absltest.TestCase):
                                 f'{other} line 1: its header'):
       tabular.read_table(files, 'label')
 
-  def test_unsafe_client_values_get_safe_distinct_ids(self):
-    self.assertEqual(tabular.client_id('site_1'), 'site_1')
-    a, b = tabular.client_id('New York'), tabular.client_id('New/York')
-    self.assertNotEqual(a, b)
-    self.assertStartsWith(a, 'New_York-')
-    self.assertNotEqual(tabular.client_id('..'), '..')
-
 
 class PrepareTest(absltest.TestCase):
 

@@ -44,7 +44,8 @@ def dense_kwargs(seed: int, index: int, weight_decay: float) -> dict:
 
 
 def create_cnn(num_classes: int, seed: int = 0,
-               weight_decay: float = 0.0) -> tf.keras.Model:
+               weight_decay: float = 0.0,
+               input_shape: tuple[int, ...] = IMAGE_SHAPE) -> tf.keras.Model:
   """TFF's EMNIST conv-dropout model (1.2M parameters for 10 classes).
 
   Its two dropout layers are `stateless_dropout.StatelessDropout`: masks
@@ -53,7 +54,7 @@ def create_cnn(num_classes: int, seed: int = 0,
   step), not counted in TFF's 1,199,882 trainable parameters.
   """
   layers = tf.keras.layers
-  inputs = layers.Input(shape=IMAGE_SHAPE)
+  inputs = layers.Input(shape=input_shape)
   dropout_seed = stateless_dropout.StepSeed(name='dropout_seed')(inputs)
   x = layers.Conv2D(32, (3, 3), activation='relu',
                     **dense_kwargs(seed, 0, weight_decay))(inputs)
@@ -73,11 +74,12 @@ def create_cnn(num_classes: int, seed: int = 0,
 
 
 def create_2nn(num_classes: int, seed: int = 0,
-               weight_decay: float = 0.0) -> tf.keras.Model:
+               weight_decay: float = 0.0,
+               input_shape: tuple[int, ...] = IMAGE_SHAPE) -> tf.keras.Model:
   """The 200-200 MLP of McMahan et al. (2017)."""
   layers = tf.keras.layers
   return tf.keras.Sequential([
-      layers.Input(shape=IMAGE_SHAPE),
+      layers.Input(shape=input_shape),
       layers.Flatten(),
       layers.Dense(200, activation='relu', **dense_kwargs(seed, 0, weight_decay)),
       layers.Dense(200, activation='relu', **dense_kwargs(seed, 1, weight_decay)),
@@ -87,11 +89,12 @@ def create_2nn(num_classes: int, seed: int = 0,
 
 
 def create_lr(num_classes: int, seed: int = 0,
-              weight_decay: float = 0.0) -> tf.keras.Model:
+              weight_decay: float = 0.0,
+              input_shape: tuple[int, ...] = IMAGE_SHAPE) -> tf.keras.Model:
   """Multinomial logistic regression on the flattened pixels."""
   layers = tf.keras.layers
   return tf.keras.Sequential([
-      layers.Input(shape=IMAGE_SHAPE),
+      layers.Input(shape=input_shape),
       layers.Flatten(),
       layers.Dense(num_classes, activation='softmax',
                    **dense_kwargs(seed, 0, weight_decay)),

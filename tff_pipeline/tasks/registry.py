@@ -14,6 +14,7 @@ from data_prep import shards
 from data_prep.errors import UserError
 from data_prep.errors import did_you_mean
 from tff_pipeline.tasks import base
+from tff_pipeline.tasks import image_folder
 from tff_pipeline.tasks import images
 from tff_pipeline.tasks import movielens
 from tff_pipeline.tasks import shakespeare
@@ -30,6 +31,7 @@ TASKS: dict[str, base.TaskFamily] = {
         stackoverflow.STACKOVERFLOW_NWP,
         movielens.MOVIELENS,
         tabular.CSV,
+        image_folder.IMAGE_FOLDER,
     )
 }
 # Methods a task family must have (base.TaskFamily's abstract ones).
