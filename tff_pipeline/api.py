@@ -5,6 +5,10 @@
     result.model.predict(images)       # the trained global Keras model
     result.rows[-1]['eval']            # the metrics, as in metrics.jsonl
 
+Your own task: `task_from_arrays(name, model_fn, clients={id: (x, y)},
+eval_data=(x, y), loss=..., metrics=...)`, or any task family object
+(`tff_pipeline.tasks.base.TaskFamily`) passed as `train(task=family)`.
+
 `train(**options)` takes the training options (the flags of
 `tff_pipeline.train`, by name); `run(config)` takes a resolved `TrainConfig`.
 A run writes its outputs to `output_dir` (metrics.jsonl, summary.json,
@@ -20,13 +24,14 @@ import functools
 import json
 import os
 import time
+from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 from absl import logging
 import tensorflow as tf
 
-from data_prep.errors import UserError
 from data_prep import shards
+from data_prep.errors import UserError
 from tff_pipeline import model_export
 from tff_pipeline import plan
 from tff_pipeline.core import config as config_lib
@@ -36,7 +41,9 @@ from tff_pipeline.learning import checkpoint
 from tff_pipeline.learning import loop
 from tff_pipeline.learning import metrics_io
 from tff_pipeline.learning import progress as progress_lib
+from tff_pipeline.tasks import arrays
 from tff_pipeline.tasks import base as task_base
+from tff_pipeline.tasks import registry as task_registry
 from workers import local_runtime
 from workers import topology as topology_lib
 
@@ -315,12 +322,49 @@ def train(**options: Any) -> RunResult:
 
   Example: `train(task='mnist', model='2nn', rounds=5, num_clients=20)`.
   Options not given take the task's defaults, then the global ones.
+  `task` may also be a task family object (yours, e.g. from
+  `task_from_arrays`): it is registered under its name.
 
   Raises:
     UserError: an unknown option or a bad value (one line).
   """
+  if 'task' in options and not isinstance(options['task'], str):
+    # Your own task family object: registered under its name.
+    options = {**options, 'task': task_registry.register(options['task'])}
   unknown = sorted(set(options) - set(config_lib.OPTION_FIELDS))
   if unknown:
     raise UserError(f'unknown training options {unknown}; see '
                     '`python -m tff_pipeline.train --helpfull`')
   return run(plan.resolve_config({}, options))
+
+
+def task_from_arrays(name: str,
+                     model_fn: Callable[[], tf.keras.Model],
+                     clients: Mapping[str, tuple[Any, Any]],
+                     eval_data: tuple[Any, Any],
+                     loss: arrays.LossSpec,
+                     metrics: arrays.MetricsSpec = (),
+                     shard_root: str = '') -> arrays.ArrayTask:
+  """A task from a Keras model function and in-memory client data.
+
+  Writes each client's (x, y) as a shard under the shard cache (reused while
+  the data is the same) and registers the task, so `train(task=<it>)` or
+  `train(task=name)` trains it. x: numbers (floats are stored as float32,
+  integers as int64); y: integer classes, or numbers (regression).
+
+  Args:
+    name: The task's name.
+    model_fn: () -> an uncompiled Keras model taking a batch of x.
+    clients: {client id: (x, y)}; ids are letters, digits, '_', '.', '-'.
+    eval_data: (x, y) held out, to evaluate the global model on.
+    loss: A Keras loss, or a function returning one.
+    metrics: Keras metrics, or a function returning a list of them.
+    shard_root: Where to write the shards ('' for the cache).
+
+  Raises:
+    UserError: bad arrays, ids or name.
+  """
+  family = arrays.ArrayTask(name, model_fn, clients, eval_data, loss, metrics,
+                            shard_root)
+  task_registry.register(family)
+  return family

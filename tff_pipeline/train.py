@@ -46,7 +46,9 @@ def main(argv: list[str]) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   final = result.summary['final_eval']
-  print(f'done: eval accuracy {final["accuracy"]:.4f}, loss {final["loss"]:.4f} '
+  scores = ', '.join(f'{k} {v:.4f}' for k, v in sorted(
+      final.items(), key=lambda kv: (kv[0] != 'accuracy', kv[0] != 'loss')))
+  print(f'done: eval {scores} '
         f'after round {config.rounds}; {result.summary["wall_seconds"]:.0f}s; '
         f'results in {config.output_dir}', file=sys.stderr)
   if result.exported is not None:

@@ -36,10 +36,14 @@ class Progress:
     done = round_num - self._first + 1
     elapsed = time.monotonic() - self._start
     eta = elapsed / done * (self._total - round_num)
-    text = (f'round {round_num}/{self._total}  loss {train["loss"]:.4f}  '
-            f'acc {train["accuracy"]:.4f}')
-    if self._last_eval:
+    text = f'round {round_num}/{self._total}  loss {train["loss"]:.4f}'
+    # Tasks without an accuracy metric (your own) show the loss only.
+    if 'accuracy' in train:
+      text += f'  acc {train["accuracy"]:.4f}'
+    if self._last_eval and 'accuracy' in self._last_eval:
       text += f'  eval acc {self._last_eval["accuracy"]:.4f}'
+    elif self._last_eval and 'loss' in self._last_eval:
+      text += f'  eval loss {self._last_eval["loss"]:.4f}'
     return text + f'  {elapsed / done:.1f}s/round  ETA {format_seconds(eta)}'
 
   def update(self, round_num: int, train: dict[str, float],
