@@ -73,8 +73,12 @@ def data_options(config: TrainConfig) -> task_base.DataOptions:
   Extras: the options the task family names in `data_option_names`.
   """
   family = tasks.get(config.task)
-  extras = {name: getattr(config, name)
-            for name in getattr(family, 'data_option_names', ())}
+  names = tuple(getattr(family, 'data_option_names', ()))
+  unknown = [n for n in names if n not in config_lib.OPTION_FIELDS]
+  if unknown:
+    raise UserError(f'--task={config.task} names data options {unknown} that '
+                    'are not training options; see --helpfull')
+  extras = {name: getattr(config, name) for name in names}
   return tasks.data_options(
       data_dir=config.data_dir, shard_dir=config.shard_dir,
       num_clients=config.num_clients, partition=config.partition,

@@ -55,9 +55,11 @@ def register(family: Any) -> str:
                     f'{", ".join(missing)}; subclass '
                     'tff_pipeline.tasks.base.TaskFamily')
   name = getattr(family, 'name', '')
-  if not isinstance(name, str) or not name or ':' in name:
-    raise UserError(f'task family {family!r} needs a name (its name '
-                    "attribute, without ':')")
+  if (not isinstance(name, str) or not name or ':' in name or
+      name != name.lower()):
+    # --task values are matched in lower case.
+    raise UserError(f'task family {family!r} needs a lower-case name (its '
+                    f"name attribute, without ':'), not {name!r}")
   if TASKS.get(name, family) is not family:
     raise UserError(f'a task named {name!r} is already registered; give yours '
                     'another name')
