@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -95,8 +96,15 @@ def write_model(model: tf.keras.Model, input_spec: tf.TensorSpec,
     os.chmod(staging, 0o755)
     saved_model = os.path.join(staging, SAVED_MODEL_DIR)
     serve = serving_function(model, input_spec)
-    model.save(saved_model, save_format='tf', include_optimizer=False,
-               signatures={SIGNATURE: serve.get_concrete_function()})
+    logger = tf.get_logger()
+    level = logger.level
+    # Keras' save warns that an uncompiled model has no compiled metrics.
+    logger.setLevel(logging.ERROR)
+    try:
+      model.save(saved_model, save_format='tf', include_optimizer=False,
+                 signatures={SIGNATURE: serve.get_concrete_function()})
+    finally:
+      logger.setLevel(level)
     tflite_problem = None
     try:
       converter = tf.lite.TFLiteConverter.from_saved_model(
