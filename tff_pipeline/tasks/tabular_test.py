@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from data_prep import shards
 from data_prep.errors import UserError
+from tests import testutil
 from tff_pipeline import plan
 
 _USER_MODEL = """
@@ -90,6 +91,21 @@ class CsvTaskTest(absltest.TestCase):
     loss = task.loss_builder()
     self.assertTrue(loss.get_config()['from_logits'])
     self.assertEqual(task.model_builder().input_shape, (None, 2))
+
+  def test_train_cli_names_the_bad_line(self):
+    bad = os.path.join(self.dir, 'bad.csv')
+    with open(bad, 'w', encoding='utf-8') as f:
+      f.write('site,x,label\na,1,0\nb,oops,1\n')
+    result = testutil.run_module(
+        'tff_pipeline.train', '--task=csv', f'--data_dir={bad}',
+        '--label_column=label', '--client_column=site',
+        f'--output_dir={os.path.join(self.dir, "cli")}', timeout=300,
+        env={'TFF_PIPELINE_CACHE': os.path.join(self.dir, 'cache')})
+    self.assertEqual(result.returncode, 2, result.stderr[-2000:])
+    errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+    self.assertEqual(errors, [
+        f"error: {bad} line 3: feature column 'x' holds 'oops', not a "
+        'number; fix the value or remove the line'])
 
 
 if __name__ == '__main__':
