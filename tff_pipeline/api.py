@@ -240,7 +240,9 @@ def describe_export(exported: model_export.Exported) -> str:
   where = (f'model of round {exported.round}: {exported.saved_model}'
            if exported.round is not None else f'model: {exported.saved_model}')
   if exported.tflite:
-    return f'{where}, {exported.tflite} ({exported.seconds:.1f}s)'
+    flex = ('; it uses Select TF ops: run it with TFLite\'s Flex delegate'
+            if exported.tflite_ops == model_export.BUILTINS_AND_TF else '')
+    return f'{where}, {exported.tflite} ({exported.seconds:.1f}s){flex}'
   return f'{where}; {exported.tflite_problem}'
 
 

@@ -3,9 +3,10 @@
 `write_model` writes `<model_dir>/saved_model/` (the Keras model in TF's
 SavedModel format, with a `serving_default` signature on a batch of inputs,
 inference mode) and `<model_dir>/model.tflite` (converted from that
-SavedModel with TFLite's builtin ops). A model TFLite cannot convert keeps
-its SavedModel and gets one line saying why, in `<model_dir>/export.json`
-and in the returned `Exported`. `tff_pipeline.api.run` calls it after the
+SavedModel with TFLite's builtin ops or, where those do not suffice (e.g.
+LSTMs), with Select TF ops too, which need TFLite's Flex delegate). A model
+TFLite cannot convert keeps its SavedModel and gets one line saying why, in
+`<model_dir>/export.json` and in the returned `Exported`. `tff_pipeline.api.run` calls it after the
 last round; `python -m tff_pipeline.export` does the same from any round's
 checkpoint (`tff_pipeline.api.export`).
 """
@@ -31,6 +32,8 @@ TFLITE_FILE = 'model.tflite'
 REPORT_FILE = 'export.json'
 SIGNATURE = 'serving_default'
 INPUT_NAME = 'inputs'
+BUILTINS = 'builtins'
+BUILTINS_AND_TF = 'builtins+select_tf_ops'
 OUTPUT_NAME = 'outputs'
 
 
@@ -41,12 +44,15 @@ class Exported:
   Attributes:
     saved_model: The SavedModel folder.
     tflite: The .tflite file, or None when conversion failed.
+    tflite_ops: BUILTINS, or BUILTINS_AND_TF when the file needs TFLite's
+      Flex delegate (Select TF ops); None without a file.
     tflite_problem: Why there is no .tflite (one line), or None.
     round: The round whose global model this is (None if unknown).
     seconds: Wall time of the export.
   """
   saved_model: str
   tflite: Optional[str]
+  tflite_ops: Optional[str]
   tflite_problem: Optional[str]
   round: Optional[int]
   seconds: float
@@ -56,9 +62,38 @@ class Exported:
 
 
 def _one_line(error: BaseException) -> str:
-  text = ' '.join(str(error).split())
-  # Converter errors repeat the whole MLIR dump; the first sentence says it.
-  return f'{type(error).__name__}: {text[:300]}'
+  """The converter's first error, without MLIR's source locations."""
+  for line in str(error).splitlines():
+    if 'error:' in line:
+      message = line.split('error:', 1)[1]
+      # "loc(callsite(... at ...)): 'tf.Op' op ..." -> "'tf.Op' op ...".
+      message = message.rsplit(')): ', 1)[-1]
+      return ' '.join(message.split())[:300]
+  return f'{type(error).__name__}: {" ".join(str(error).split())[:300]}'
+
+
+def _convert(saved_model: str) -> tuple[Optional[bytes], Optional[str],
+                                         Optional[str]]:
+  """(flatbuffer, ops it needs, None) or (None, None, why not).
+
+  TFLite's builtin ops first; failing that (e.g. LSTMs over a dynamic
+  batch), builtins plus Select TF ops, which the device runs with TFLite's
+  Flex delegate (Python's tf.lite.Interpreter has it).
+  """
+  problem = None
+  for ops in (BUILTINS, BUILTINS_AND_TF):
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        saved_model, signature_keys=[SIGNATURE])
+    if ops == BUILTINS_AND_TF:
+      converter.target_spec.supported_ops = [
+          tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+      # Keeps TensorList ops (RNN loops) as TF ops instead of failing.
+      converter._experimental_lower_tensor_list_ops = False  # pylint: disable=protected-access
+    try:
+      return converter.convert(), ops, None
+    except Exception as e:  # pylint: disable=broad-except
+      problem = problem or _one_line(e)
+  return None, None, problem
 
 
 def serving_function(model: tf.keras.Model, input_spec: tf.TensorSpec):
@@ -105,14 +140,8 @@ def write_model(model: tf.keras.Model, input_spec: tf.TensorSpec,
                  signatures={SIGNATURE: serve.get_concrete_function()})
     finally:
       logger.setLevel(level)
-    tflite_problem = None
-    try:
-      converter = tf.lite.TFLiteConverter.from_saved_model(
-          saved_model, signature_keys=[SIGNATURE])
-      flatbuffer = converter.convert()
-    except Exception as e:  # pylint: disable=broad-except
-      tflite_problem = _one_line(e)
-    else:
+    flatbuffer, tflite_ops, tflite_problem = _convert(saved_model)
+    if flatbuffer is not None:
       with open(os.path.join(staging, TFLITE_FILE), 'wb') as f:
         f.write(flatbuffer)
     if os.path.lexists(model_dir):
@@ -123,10 +152,11 @@ def write_model(model: tf.keras.Model, input_spec: tf.TensorSpec,
     raise
   exported = Exported(
       saved_model=os.path.join(model_dir, SAVED_MODEL_DIR),
-      tflite=(None if tflite_problem else
+      tflite=(None if flatbuffer is None else
               os.path.join(model_dir, TFLITE_FILE)),
+      tflite_ops=tflite_ops,
       tflite_problem=(f'no {TFLITE_FILE}: TFLite cannot convert this model '
-                      f'({tflite_problem})' if tflite_problem else None),
+                      f'({tflite_problem})' if flatbuffer is None else None),
       round=round_num, seconds=time.monotonic() - start)
   with open(os.path.join(model_dir, REPORT_FILE), 'w', encoding='utf-8') as f:
     json.dump(exported.to_json(), f, indent=2)

@@ -8,14 +8,15 @@ import tensorflow as tf
 
 from tff_pipeline import model_export
 from tff_pipeline.tasks import images
+from tff_pipeline.tasks import shakespeare
 
 
-def _string_model() -> tf.keras.Model:
-  """Hashes strings: an op TFLite's builtin set does not have."""
-  inputs = tf.keras.layers.Input(shape=(3,), dtype=tf.string)
-  buckets = tf.keras.layers.Lambda(lambda s: tf.cast(
-      tf.strings.to_hash_bucket_fast(s, 10), tf.float32))(inputs)
-  return tf.keras.Model(inputs, tf.keras.layers.Dense(2)(buckets))
+def _svd_model() -> tf.keras.Model:
+  """Singular values: an op neither TFLite's builtins nor Flex convert."""
+  inputs = tf.keras.layers.Input(shape=(3, 3))
+  values = tf.keras.layers.Lambda(
+      lambda m: tf.linalg.svd(m, compute_uv=False))(inputs)
+  return tf.keras.Model(inputs, tf.keras.layers.Dense(2)(values))
 
 
 class WriteModelTest(parameterized.TestCase):
@@ -31,6 +32,7 @@ class WriteModelTest(parameterized.TestCase):
     exported = model_export.write_model(
         model, tf.TensorSpec([None, 28, 28, 1]), model_dir, round_num=3)
     self.assertIsNone(exported.tflite_problem)
+    self.assertEqual(exported.tflite_ops, model_export.BUILTINS)
     self.assertTrue(os.path.isfile(os.path.join(model_dir, 'model.tflite')))
     self.assertTrue(os.path.isfile(os.path.join(
         model_dir, 'saved_model', 'saved_model.pb')))
@@ -45,19 +47,31 @@ class WriteModelTest(parameterized.TestCase):
       self.assertEqual(json.load(f)['round'], 3)
 
   def test_a_model_tflite_cannot_convert_keeps_its_saved_model(self):
-    model = _string_model()
+    model = _svd_model()
     model_dir = os.path.join(self.create_tempdir().full_path, 'model')
     exported = model_export.write_model(
-        model, tf.TensorSpec([None, 3], tf.string), model_dir)
+        model, tf.TensorSpec([None, 3, 3]), model_dir)
     self.assertIsNone(exported.tflite)
+    self.assertIsNone(exported.tflite_ops)
     self.assertStartsWith(exported.tflite_problem,
                           'no model.tflite: TFLite cannot convert this model')
     self.assertNotIn('\n', exported.tflite_problem)
+    self.assertNotIn('loc(', exported.tflite_problem)
     self.assertFalse(os.path.exists(os.path.join(model_dir, 'model.tflite')))
-    x = tf.constant([[b'a', b'b', b'c']])
+    x = np.random.default_rng(0).normal(size=(2, 3, 3)).astype(np.float32)
     np.testing.assert_allclose(
         model_export.load_saved_model(model_dir)(inputs=x)['outputs'],
-        model(x), atol=1e-6)
+        model(x), atol=1e-5)
+
+  def test_lstm_needs_select_tf_ops_and_predicts_alike(self):
+    model = shakespeare.create_char_lstm(units=16)
+    model_dir = os.path.join(self.create_tempdir().full_path, 'model')
+    exported = model_export.write_model(
+        model, tf.TensorSpec([None, 80], tf.int64), model_dir)
+    self.assertEqual(exported.tflite_ops, model_export.BUILTINS_AND_TF)
+    x = np.random.default_rng(0).integers(1, 80, (3, 80))
+    np.testing.assert_allclose(model_export.tflite_predict(model_dir, x),
+                               model(x).numpy(), atol=1e-5)
 
   def test_reexport_replaces_the_folder(self):
     model_dir = os.path.join(self.create_tempdir().full_path, 'model')
