@@ -128,7 +128,9 @@ class DistributedEndToEndTest(absltest.TestCase):
         differences = [float(np.max(np.abs(a - b))) for a, b in zip(
             _weights(local), _weights(remote), strict=True)]
         print(f'{model}: max |local - remote| after {rounds} rounds: '
-              f'{max(differences):.2e}')
+              f'{max(differences):.2e}; eval accuracy local '
+              f'{local.summary["final_eval"]["accuracy"]:.4f}, remote '
+              f'{remote.summary["final_eval"]["accuracy"]:.4f}')
         self.assertLess(max(differences), 1e-4)
         self.assertNotEqual(float(np.abs(_weights(local)[0]).sum()), 0.0)
 
