@@ -311,7 +311,8 @@ def _eval_manifest_of(config: TrainConfig) -> shards.Manifest:
     topology = topology_lib.load(config.topology)
   except UserError as e:
     raise UserError(f'the run trained on edge pods and its topology cannot be '
-                    f'read ({e}); pass --shard_dir=<shards of its data>') from None
+                    f'read ({e}); pass --shard_dir=<shards of its data>'
+                    ) from None
   if not topology.eval_data:
     raise UserError(f'the run trained on the edge pods of {config.topology}, '
                     'which has no eval_data; pass --shard_dir=<shards of its '

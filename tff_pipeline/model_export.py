@@ -6,9 +6,10 @@ inference mode) and `<model_dir>/model.tflite` (converted from that
 SavedModel with TFLite's builtin ops or, where those do not suffice (e.g.
 LSTMs), with Select TF ops too, which need TFLite's Flex delegate). A model
 TFLite cannot convert keeps its SavedModel and gets one line saying why, in
-`<model_dir>/export.json` and in the returned `Exported`. `tff_pipeline.api.run` calls it after the
-last round; `python -m tff_pipeline.export` does the same from any round's
-checkpoint (`tff_pipeline.api.export`).
+`<model_dir>/export.json` and in the returned `Exported`.
+`tff_pipeline.api.run` calls it after the last round; `python -m
+tff_pipeline.export` does the same from any round's checkpoint
+(`tff_pipeline.api.export`).
 """
 
 from __future__ import annotations
