@@ -49,8 +49,8 @@ def create_cnn(num_classes: int, seed: int = 0,
   """TFF's EMNIST conv-dropout model (1.2M parameters for 10 classes).
 
   Its two dropout layers are `stateless_dropout.StatelessDropout`: masks
-  depend only on the client's batch and step, so every runtime (local, edge
-  pods) trains the same model. `StepSeed` adds one non-trainable int64 (the
+  depend only on the client's batch and step, whichever runtime (local,
+  edge pods) trains it. `StepSeed` adds one non-trainable int64 (the
   step), not counted in TFF's 1,199,882 trainable parameters.
   """
   layers = tf.keras.layers

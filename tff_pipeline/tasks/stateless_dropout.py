@@ -1,11 +1,10 @@
 """Dropout whose draws are a pure function of the client's batch and step.
 
-Keras' `Dropout` draws from RNG state held by the process that runs it, so
-the same client trained by another executor process (an edge pod instead of
-the local runtime) gets other masks, and with the same seed the models of
-two runtimes part ways after the first round. Here every mask comes from
-TensorFlow's stateless random ops (counter-based Philox, the same bits on
-every CPU), seeded by
+Keras' `Dropout` draws from RNG state kept in the op kernels of whichever
+executor process runs a client, so its masks depend on how that process
+creates and reuses kernels, not only on the client. Here every mask comes
+from TensorFlow's stateless random ops (counter-based Philox, the same bits
+on every CPU), seeded by
 
   * a fingerprint (FarmHash, `tf.fingerprint`) of the model's INPUT batch:
     identical wherever the client's data is read, unlike intermediate
