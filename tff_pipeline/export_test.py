@@ -1,6 +1,7 @@
 """Every run's model/ predicts like its global model; the export CLI."""
 
 import os
+import tempfile
 
 from absl import flags
 from absl.testing import absltest
@@ -37,7 +38,8 @@ class RunExportTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     flags.FLAGS.mark_as_parsed()
-    cls.root = absltest.get_default_test_tmpdir()
+    # A new folder each time: runs refuse to overwrite earlier runs.
+    cls.root = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
     os.environ['TFF_PIPELINE_CACHE'] = os.path.join(cls.root, 'cache')
 
   def _train(self, name, **options):
