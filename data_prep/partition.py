@@ -4,11 +4,15 @@ Pure numpy and deterministic given the np.random.Generator, so a partition
 can be reproduced from (method, alpha, num_clients, seed) alone.
 """
 
+import hashlib
+import re
 from typing import Sequence
 
 import numpy as np
 
 from data_prep import errors
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def iid(num_examples: int, num_clients: int,
@@ -135,3 +139,29 @@ def _dirichlet_draw(by_class: list[np.ndarray], num_clients: int,
       parts[client].append(piece)
       sizes[client] += len(piece)
   return parts, sizes
+
+
+def safe_client_id(value: str) -> str:
+  """A shard file name for an owner's name (a folder, a column value).
+
+  Safe names ([A-Za-z0-9_.-]+, not '.' or '..') are kept; others are
+  spelled safely and suffixed with a hash of the original, so distinct
+  owners keep distinct ids.
+  """
+  if _SAFE_ID.fullmatch(value) and value not in (".", ".."):
+    return value
+  safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", value).strip("._") or "client"
+  return f"{safe}-{hashlib.sha256(value.encode()).hexdigest()[:8]}"
+
+
+def hold_out(indices: np.ndarray, fraction: float,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """Splits one client's example indices into (kept, held out).
+
+  Holds out round(fraction * n) examples (halves round up), chosen by
+  `rng`, but always keeps at least one. Both parts come back sorted.
+  """
+  n = len(indices)
+  held = min(n - 1, int(np.floor(fraction * n + 0.5))) if n else 0
+  shuffled = rng.permutation(indices)
+  return np.sort(shuffled[held:]), np.sort(shuffled[:held])

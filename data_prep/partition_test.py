@@ -146,5 +146,25 @@ class NaturalTest(absltest.TestCase):
     self.assertEqual(partition.natural([]), {})
 
 
+class OwnerHelpersTest(absltest.TestCase):
+
+  def test_unsafe_owner_names_get_safe_distinct_ids(self):
+    self.assertEqual(partition.safe_client_id("site_1"), "site_1")
+    a = partition.safe_client_id("New York")
+    b = partition.safe_client_id("New/York")
+    self.assertNotEqual(a, b)
+    self.assertRegex(a, r"^New_York-[0-9a-f]{8}$")
+    self.assertNotIn(partition.safe_client_id(".."), ("..", "."))
+
+  def test_hold_out_rounds_half_up_and_keeps_one(self):
+    # n -> held out at 10%: 20 -> 2, 15 -> 2 (1.5 up), 5 -> 1 (0.5 up),
+    # 1 -> 0 (one must stay).
+    for n, held in ((20, 2), (15, 2), (5, 1), (1, 0), (0, 0)):
+      kept, out = partition.hold_out(np.arange(100, 100 + n), 0.1, _rng())
+      self.assertLen(out, held, n)
+      np.testing.assert_array_equal(np.sort(np.concatenate([kept, out])),
+                                    np.arange(100, 100 + n))
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -1,9 +1,10 @@
-"""Test helpers: small synthetic idx datasets and running CLIs in a child.
+"""Test helpers: small synthetic idx and CIFAR-10 files, CLIs in a child.
 
 Test-only (BUILD: testonly = True); exercised by the tests that use it.
 """
 
 import os
+import pickle
 import subprocess
 import sys
 
@@ -96,3 +97,28 @@ def write_tinyshakespeare(path: str, num_speakers: int = 30) -> None:
       blocks.append(f"{name}:\n{speech(name, i)}")
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n\n".join(blocks) + "\n")
+def write_cifar10_python(folder: str, batches: dict) -> None:
+  """CIFAR-10's Python version: pickled dicts with bytes keys (protocol 2)."""
+  os.makedirs(folder, exist_ok=True)
+  for name, (data, labels) in batches.items():
+    with open(os.path.join(folder, name), "wb") as f:
+      pickle.dump({b"batch_label": name.encode(), b"labels": list(labels),
+                   b"data": data,
+                   b"filenames": [b"x.png"] * len(labels)}, f, protocol=2)
+
+
+def write_cifar10_binary(folder: str, batches: dict) -> None:
+  """CIFAR-10's binary version: <1 label byte><3072 pixel bytes> records."""
+  os.makedirs(folder, exist_ok=True)
+  for name, (data, labels) in batches.items():
+    with open(os.path.join(folder, name + ".bin"), "wb") as f:
+      for row, label in zip(data, labels):
+        f.write(bytes([label]) + row.tobytes())
+
+
+def synthetic_cifar10_batches(per_batch: int = 20, seed: int = 0) -> dict:
+  """{batch name: (data uint8 [n, 3072], labels)} for the 6 batch files."""
+  rng = np.random.default_rng(seed)
+  return {name: (rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 rng.integers(0, 10, per_batch))
+          for name in (*[f"data_batch_{i}" for i in range(1, 6)], "test_batch")}

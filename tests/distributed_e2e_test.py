@@ -118,22 +118,31 @@ class DistributedEndToEndTest(absltest.TestCase):
                                     if p == pod.name))
 
   def test_distributed_model_equals_local_model(self):
-    # The CNN for one round only: its dropout draws come from RNG state in
-    # each executor process, so from round 2 on they differ between runtimes.
-    for model, rounds in (('2nn', 3), ('cnn', 1)):
+    # Whole runs, several rounds. The CNN's dropout masks depend only on
+    # each client's batch and step (tasks/stateless_dropout.py), and the
+    # weighted mean sums client updates exactly (aggregation/exact_sum.py),
+    # so the order in which the pods' partial sums meet (by pod, then edge
+    # server) does not change the model. With float32 sums the CNN parted
+    # ways from round 2 on (3.3e-2 after 4 rounds, measured).
+    for model, rounds in (('2nn', 3), ('cnn', 4)):
       with self.subTest(model=model):
         local = api.run(_config(
             os.path.join(self.root, f'local-{model}'), model=model,
             rounds=rounds))
         remote = api.run(self._remote(f'remote-{model}', model=model,
-                                                rounds=rounds))
+                                      rounds=rounds))
         for row in remote.rows:
           self.assertEqual(row['failures'], [])
           self.assertGreater(row['network']['coordinator_bytes_sent'], 0)
-        # Sums run in another order (by pod, then edge server); over rounds
-        # of SGD the rounding differences grow from ~1e-8 to ~1e-5.
-        for a, b in zip(_weights(local), _weights(remote), strict=True):
-          np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+        differences = [float(np.max(np.abs(a - b))) for a, b in zip(
+            _weights(local), _weights(remote), strict=True)]
+        print(f'{model}: max |local - remote| after {rounds} rounds: '
+              f'{max(differences):.2e}; eval accuracy local '
+              f'{local.summary["final_eval"]["accuracy"]:.4f}, remote '
+              f'{remote.summary["final_eval"]["accuracy"]:.4f}')
+        self.assertLess(max(differences), 1e-6)
+        self.assertEqual(local.summary['final_eval'],
+                         remote.summary['final_eval'])
         self.assertNotEqual(float(np.abs(_weights(local)[0]).sum()), 0.0)
 
   def test_pod_asked_for_a_client_it_does_not_hold_fails_loudly(self):

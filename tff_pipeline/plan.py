@@ -60,7 +60,10 @@ def resolve_config(yaml_values: Mapping[str, Any],
       or optimizer included) and its fix.
   """
   family = tasks.get(config_lib.requested_task(yaml_values, flag_values))
-  config = config_lib.resolve(yaml_values, flag_values, family.defaults)
+  defaults_for = getattr(family, 'defaults_for', None)
+  task_defaults = (defaults_for({**yaml_values, **flag_values})
+                   if defaults_for is not None else family.defaults)
+  config = config_lib.resolve(yaml_values, flag_values, task_defaults)
   aggregator = aggregation.get(config.aggregator)
   if config.client_sampling == 'auto':
     # Poisson sampling is what the DP accountants analyse best.
@@ -85,12 +88,21 @@ def resolve_config(yaml_values: Mapping[str, Any],
 
 
 def data_options(config: TrainConfig) -> task_base.DataOptions:
-  """What data preparation takes, from the config."""
+  """What data preparation takes, from the config.
+
+  Extras: the options the task family names in `data_option_names`.
+  """
+  family = tasks.get(config.task)
+  names = tuple(getattr(family, 'data_option_names', ()))
+  unknown = [n for n in names if n not in config_lib.OPTION_FIELDS]
+  if unknown:
+    raise UserError(f'--task={config.task} names data options {unknown} that '
+                    'are not training options; see --helpfull')
+  extras = {name: getattr(config, name) for name in names}
   return tasks.data_options(
       data_dir=config.data_dir, shard_dir=config.shard_dir,
       num_clients=config.num_clients, partition=config.partition,
-      partition_alpha=config.partition_alpha, seed=config.seed,
-      emnist_subset=config.emnist_subset if config.task == 'emnist' else '')
+      partition_alpha=config.partition_alpha, seed=config.seed, **extras)
 
 
 def data_key(config: TrainConfig) -> str:

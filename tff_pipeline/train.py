@@ -61,12 +61,17 @@ def main(argv: list[str]) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   final = result.summary['final_eval'] or {}
-  scores = (f'eval accuracy {final["accuracy"]:.4f}, loss {final["loss"]:.4f}'
-            if 'accuracy' in final and 'loss' in final else
+  scores = ('eval ' + ', '.join(f'{k} {v:.4f}' for k, v in sorted(
+      final.items(), key=lambda kv: (kv[0] != 'accuracy', kv[0] != 'loss')))
+            if final else
             'evaluation withheld (DP: it would use clients\' data)')
   print(f'done: {scores} after round {config.rounds}; '
         f'{result.summary["wall_seconds"]:.0f}s; '
         f'results in {config.output_dir}', file=sys.stderr)
+  if result.exported is not None:
+    print(api.describe_export(result.exported), file=sys.stderr)
+  else:
+    print(f'warning: {result.summary["model"]["problem"]}', file=sys.stderr)
   spent = result.summary.get('privacy')
   if spent:
     epsilon = spent['epsilon']

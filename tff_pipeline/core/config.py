@@ -125,6 +125,30 @@ class TrainConfig:
       '"auto" takes the single subset found in --data_dir.',
       choices=('auto', 'digits', 'letters', 'balanced', 'bymerge', 'byclass',
                'mnist'))
+  label_column: str = _opt(
+      '', 'data_args',
+      '--task=csv: the column holding the class (any values); every other '
+      'numeric column is a feature.')
+  client_column: str = _opt(
+      '', 'data_args',
+      "--task=csv: the column naming each row's client; its distinct values "
+      'are the clients (the natural partition; --num_clients=N keeps the N '
+      'largest, 0 all). Without it the rows are split by --partition.')
+  eval_fraction: float = _opt(
+      0.1, 'data_args',
+      '--task=csv and image_folder: the share of each client\'s examples '
+      'held out for evaluation (seeded), unless --eval_data is given.',
+      check=lambda v: None if 0 <= v < 1 else f'must be in [0, 1), got {v}')
+  eval_data: str = _opt(
+      '', 'data_args',
+      '--task=csv: a CSV file of held-out rows (the same columns); '
+      '--task=image_folder: a folder of <label>/<image> files. Replaces '
+      '--eval_fraction.')
+  image_size: int = _opt(
+      0, 'data_args',
+      '--task=image_folder: resize every image to N x N pixels (0: keep '
+      'their size, which must then be the same for all).',
+      check=_at_least(0))
   num_clients: int = _opt(
       100, 'data_args',
       'Number of clients the training data is split into; with '
@@ -334,6 +358,7 @@ _FEDML_VALUES: dict[str, dict[str, str]] = {
              'femnist': 'emnist', 'fed_shakespeare': 'shakespeare',
              'stackoverflow_lr': 'stackoverflow_tag',
              'movielens_100k': 'movielens', 'ml-100k': 'movielens'},
+    'model': {'resnet18_gn': 'resnet18'},
     'partition': {'hetero': 'dirichlet', 'homo': 'iid'},
     # LSA / SA: FedAvg under secure aggregation (see fedml.translate).
     'algorithm': {'fedopt': 'fedavg', 'fedavg_seq': 'fedavg',

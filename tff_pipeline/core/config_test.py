@@ -139,8 +139,10 @@ class ConfigTest(absltest.TestCase):
         self._write('train_args:\n  federated_optimizer: FedNova\n'))
     with self.assertRaisesRegex(UserError, '--algorithm=fednova is not supported'):
       plan.resolve_config(overrides.values, {})
-    overrides = config_lib.parse_yaml(self._write('data_args:\n  dataset: cifar10\n'))
-    with self.assertRaisesRegex(UserError, '--task=cifar10 is not supported'):
+    overrides = config_lib.parse_yaml(
+        self._write('data_args:\n  dataset: fed_cifar100\n'))
+    with self.assertRaisesRegex(UserError,
+                                '--task=fed_cifar100 is not supported'):
       plan.resolve_config(overrides.values, {})
 
   def test_tracking_is_a_subset_of_the_trackers(self):

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 import tensorflow_federated as tff
 
+from tff_pipeline.aggregation import exact_sum
 from tff_pipeline.learning import client_data
 from tff_pipeline.learning import fedprox
 from tff_pipeline.tasks.base import Task
@@ -75,7 +76,8 @@ def build_fed_avg(model_fn: Callable[[], tff.learning.models.VariableModel],
     model_fn: Builds a fresh `tff.learning` model.
     client_optimizer: The clients' local optimizer.
     server_optimizer: Applies the aggregated update (FedOpt).
-    aggregator: None: TFF's mean weighted by example counts; a weighted
+    aggregator: None: TFF's mean weighted by example counts (summed
+      exactly, `exact_sum`, so every runtime gets the same mean); a weighted
       factory (secure weighted mean): weighted by example counts through it;
       else an unweighted factory (DP-FedAvg, ...): each client counts once.
     fedprox_mu: FedProx's proximal strength (0: FedAvg).
@@ -93,7 +95,8 @@ def build_fed_avg(model_fn: Callable[[], tff.learning.models.VariableModel],
         model_fn,
         client_optimizer_fn=client_optimizer,
         server_optimizer_fn=server_optimizer,
-        model_aggregator=aggregator,
+        # None: the same sum on every runtime, whatever the order of clients.
+        model_aggregator=aggregator or exact_sum.exact_weighted_mean(),
         **metrics,
     )
   return tff.learning.algorithms.build_unweighted_fed_avg(

@@ -202,3 +202,30 @@ class RoundCheckpoints:
         f'--resume: no checkpoint in {self._root_dir} loads into this config '
         f'({"; ".join(errors)}); use the flags of the original run or a new '
         '--output_dir')
+
+  def load_round(self, template: State,
+                 round_num: Optional[int] = None) -> tuple[State, int]:
+    """Returns (state, round) of round `round_num`'s checkpoint (None: newest).
+
+    Raises:
+      UserError: No such checkpoint, or one that does not match the template.
+    """
+    versions = self.rounds()
+    if round_num is None:
+      if not versions:
+        raise UserError(f'no checkpoint in {self._root_dir}; is it the '
+                        'checkpoints/ folder of a run that finished a round?')
+      round_num = versions[-1]
+    if round_num not in versions:
+      raise UserError(f'no checkpoint of round {round_num} in {self._root_dir} '
+                      f'(it keeps rounds {", ".join(map(str, versions)) or "none"}'
+                      '); choose one of those')
+    try:
+      state = asyncio.run(self._manager.load(round_num, template))
+    except Exception as e:  # pylint: disable=broad-except
+      path = os.path.join(self._root_dir, f'{_PREFIX}{round_num}')
+      raise UserError(
+          f'checkpoint {path} cannot be loaded into the run\'s config '
+          f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); was '
+          'config.json edited?') from None
+    return state, round_num

@@ -68,7 +68,9 @@ class Progress:
     else:
       parts.append('no client sampled')
     if self._last_eval:
-      parts.append('eval ' + _metrics(self._last_eval, skip=('loss',)))
+      # The loss only when there is nothing else (e.g. your own task).
+      parts.append('eval ' + (_metrics(self._last_eval, skip=('loss',)) or
+                              _metrics(self._last_eval)))
     spent = row.get('privacy')
     if spent:
       epsilon = spent['epsilon']

@@ -82,6 +82,11 @@ class Task:
   # None for the local shard dir's, distribute or None for the current
   # context) -> an evaluator with evaluate(weights).
   evaluator_builder: Optional[Callable[..., Any]] = None
+  # (Keras model from model_builder, global model weights of the process) ->
+  # None, putting the weights into the model; None: the weights are the
+  # model's own (`ModelWeights.assign_weights_to`). Tasks whose global model
+  # is part of the Keras model (Federated Reconstruction) set it.
+  assign_weights: Optional[Callable[[tf.keras.Model, Any], None]] = None
 
   @property
   def input_spec(self) -> tuple[tf.TensorSpec, tf.TensorSpec]:
@@ -117,6 +122,9 @@ class TaskFamily(abc.ABC):
     model_names: The --model values it accepts.
     custom_models: Whether --model may name a user's classifier function
       (`package.module:function`, see `load_classifier_fn`).
+    data_option_names: Training options (fields of the config's data_args,
+      e.g. 'label_column') that this family's data preparation reads from
+      `DataOptions.extras`.
   """
 
   name: str = ''
@@ -124,6 +132,16 @@ class TaskFamily(abc.ABC):
   model_names: tuple[str, ...] = ()
   custom_models: bool = False
   rebatch: bool = False
+  data_option_names: tuple[str, ...] = ()
+
+  def defaults_for(self, requested: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`defaults`, given the options a run asks for (YAML and flags).
+
+    Override when an option implies others (e.g. a client column implies
+    the natural partition).
+    """
+    del requested
+    return self.defaults
 
   def data_key(self, data: DataOptions) -> str:
     """Names everything that decides the shards' contents."""

@@ -21,7 +21,24 @@ class ModelsTest(parameterized.TestCase):
       ('lr', 10, 7_850),
   )
   def test_parameter_counts_match_tff_baselines(self, name, classes, params):
-    self.assertEqual(models.IMAGE_MODELS[name](classes).count_params(), params)
+    model = models.IMAGE_MODELS[name](classes)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    self.assertEqual(trainable, params)
+    # Beyond them only the CNN's dropout step counter (one int64).
+    self.assertEqual(model.count_params() - trainable,
+                     1 if name == 'cnn' else 0)
+
+  def test_cnn_keeps_tffs_layer_sequence(self):
+    # tff.simulation.baselines.emnist's create_conv_dropout_model, in order.
+    kinds = [type(layer).__name__
+             for layer in models.create_cnn(10).layers
+             if type(layer).__name__ not in ('InputLayer', 'StepSeed')]
+    self.assertEqual(kinds, ['Conv2D', 'Conv2D', 'MaxPooling2D',
+                             'StatelessDropout', 'Flatten', 'Dense',
+                             'StatelessDropout', 'Dense'])
+    rates = [layer.rate for layer in models.create_cnn(10).layers
+             if hasattr(layer, 'rate')]
+    self.assertEqual(rates, [0.25, 0.5])
 
   @parameterized.parameters('cnn', '2nn', 'lr')
   def test_outputs_are_class_probabilities(self, name):

@@ -11,6 +11,7 @@ al. 2021, "Federated Reconstruction: Partially Local Federated Learning").
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Optional, Sequence
 
@@ -144,6 +145,22 @@ def create_matrix_factorization(num_items: int, dim: int = EMBEDDING_DIM,
   score = offset(tf.keras.layers.Add()([dot, item_bias(item_input)]))
   model = tf.keras.Model(inputs=item_input, outputs=score)
   return model, [item_embedding, item_bias, offset], [user_embedding]
+
+
+GLOBAL_LAYERS = ('item_embedding', 'item_bias', 'offset')
+
+
+def assign_global_weights(model: tf.keras.Model, weights: Any) -> None:
+  """Puts Fed Recon's global weights (items, offset) into the Keras model.
+
+  Their order is TFF's: the variables of the global layers, layer by layer
+  (`ReconstructionModel.from_keras_model_and_layers`). The user embedding
+  keeps its initial value: it is rebuilt on each user's device.
+  """
+  variables = [v for name in GLOBAL_LAYERS
+               for v in model.get_layer(name).trainable_variables]
+  for variable, value in zip(variables, weights.trainable, strict=True):
+    variable.assign(value)
 
 
 def parse_ratings(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
@@ -364,6 +381,11 @@ class MovieLens(base.TaskFamily):
         metrics_aggregator=None: build_training_process(
             num_items, seed, datasets, client_optimizer, server_optimizer,
             aggregator, metrics_aggregator)
+
+  def bind(self, manifest: shards.Manifest, model_name: str, seed: int,
+           weight_decay: float = 0.0) -> base.Task:
+    task = super().bind(manifest, model_name, seed, weight_decay)
+    return dataclasses.replace(task, assign_weights=assign_global_weights)
 
   def evaluator_builder(self, manifest: shards.Manifest, seed: int):
     return lambda held_out_clients=None, distribute=None: FedReconEvaluator(

@@ -14,10 +14,13 @@ from data_prep import shards
 from data_prep.errors import UserError
 from data_prep.errors import did_you_mean
 from tff_pipeline.tasks import base
+from tff_pipeline.tasks import cifar10
+from tff_pipeline.tasks import image_folder
 from tff_pipeline.tasks import images
 from tff_pipeline.tasks import movielens
 from tff_pipeline.tasks import shakespeare
 from tff_pipeline.tasks import stackoverflow
+from tff_pipeline.tasks import tabular
 
 TASKS: dict[str, base.TaskFamily] = {
     family.name: family for family in (
@@ -28,10 +31,40 @@ TASKS: dict[str, base.TaskFamily] = {
         stackoverflow.STACKOVERFLOW_TAG,
         stackoverflow.STACKOVERFLOW_NWP,
         movielens.MOVIELENS,
+        tabular.CSV,
+        image_folder.IMAGE_FOLDER,
+        cifar10.CIFAR10,
     )
 }
 # Methods a task family must have (base.TaskFamily's abstract ones).
 _REQUIRED = ('prepare', 'preprocess', 'model', 'loss', 'bind', 'data_key')
+
+
+def register(family: Any) -> str:
+  """Adds a task family object (yours) to the registry; returns its name.
+
+  Then `--task=<its name>` (in this process) and `api.train(task=family)`
+  find it. Registering the same object again is a no-op.
+
+  Raises:
+    UserError: not a task family, no name, or a name another task has.
+  """
+  missing = [m for m in _REQUIRED if not callable(getattr(family, m, None))]
+  if missing:
+    raise UserError(f'task {family!r} is not a task family: it lacks '
+                    f'{", ".join(missing)}; subclass '
+                    'tff_pipeline.tasks.base.TaskFamily')
+  name = getattr(family, 'name', '')
+  if (not isinstance(name, str) or not name or ':' in name or
+      name != name.lower()):
+    # --task values are matched in lower case.
+    raise UserError(f'task family {family!r} needs a lower-case name (its '
+                    f"name attribute, without ':'), not {name!r}")
+  if TASKS.get(name, family) is not family:
+    raise UserError(f'a task named {name!r} is already registered; give yours '
+                    'another name')
+  TASKS[name] = family
+  return name
 
 
 def get(name: str) -> base.TaskFamily:
