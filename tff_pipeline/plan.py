@@ -528,7 +528,9 @@ class RemoteSetup:
           round_timeout=self.config.round_timeout,
           retries=self.config.round_retries,
           # Each attempt's count (distributed_dp's noise shares).
-          set_participants=distributed_dp.set_participants,
+          set_participants=(distributed_dp.set_participants
+                            if self.config.aggregator == DISTRIBUTED_DP
+                            else None),
           min_parties=self.config.secagg_threshold)
     else:
       distributed_next = self._distributed(process.next)

@@ -104,7 +104,8 @@ def secure_sum(relay: Relay, masked_input: MaskedInput, *, run: str,
   dropout at that stage (`relay` decides what "missing" is: an error, a
   timeout, a refusal). The key stages restart without parties that never
   revealed (at most `policy.max_attempts` attempts, as the parties allow);
-  `masked_input` runs at most once.
+  `masked_input` runs once per attempt; it may end the attempt by raising
+  `server_lib.AttemptFailed` (before anything is unmasked).
   """
   participants = sorted(parties)
   dropped: dict[str, str] = {}
@@ -352,6 +353,8 @@ class RemoteSecureRound:
       else:
         roster = keys.SelfSignedRoster()
     self._roster = roster
+    # Distributed DP: the clients' noise shares depend on their count.
+    self._noise_shares = set_participants is not None
     self._set_participants = set_participants or (lambda state, n: state)
     self._run = messages.new_run_nonce()  # A resumed run draws a new one.
     self._round = distributed.DistributedRound(
@@ -394,6 +397,17 @@ class RemoteSecureRound:
         failure['stage'] = 'masked_input'
       if not partials:
         return None, (attempt_state, None)
+      delivered = set(report.merged_pods)
+      if self._noise_shares and delivered != set(forwarded):
+        # Each client's noise share was sized for len(clients): unmasking
+        # the survivors' sum would release less noise than accounted. Never
+        # unmask it; redo the key stages among the pods that delivered (they
+        # size their shares for their own count).
+        raise server_lib.AttemptFailed(
+            f'round {round_num}: pods {sorted(set(forwarded) - delivered)} '
+            'dropped after the noise shares were sized; the sum is not '
+            'unmasked, the round is redone among the others',
+            sorted(delivered & set(forwarded)))
       merged = self._round.merge(partials)
       masked = server_lib.MaskedSum(form.bits, form.length)
       try:
