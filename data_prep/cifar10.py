@@ -29,13 +29,13 @@ import io
 import os
 import pickle
 
-from absl import app
 from absl import flags
 import numpy as np
 
 # cli must stay the first data_prep import: it quiets TF's import-time
 # logging before shards imports TensorFlow.
 from data_prep import cli
+from data_prep import entry_point
 from data_prep import errors
 from data_prep import partition as partition_lib
 from data_prep import shards
@@ -331,4 +331,4 @@ def make_main(flag_values: flags.FlagValues = flags.FLAGS):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(make_main())
+  entry_point.run(make_main())

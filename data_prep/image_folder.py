@@ -31,7 +31,6 @@ import hashlib
 import math
 import os
 
-from absl import app
 from absl import flags
 import numpy as np
 import PIL.Image
@@ -39,6 +38,7 @@ import PIL.Image
 # cli must stay the first data_prep import: it quiets TF's import-time
 # logging before shards imports TensorFlow.
 from data_prep import cli
+from data_prep import entry_point
 from data_prep import errors
 from data_prep import partition as partition_lib
 from data_prep import shards
@@ -439,4 +439,4 @@ def summary(manifest: shards.Manifest, seconds: float) -> str:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(make_main())
+  entry_point.run(make_main())

@@ -12,16 +12,15 @@ every run does at its end: `<output_dir>/model/` for the latest round,
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 # pylint: disable=g-import-not-at-top
-from absl import app
 from absl import flags
 from absl import logging
-import tensorflow as tf  # pylint: disable=unused-import  (before app.run)
+import tensorflow as tf  # pylint: disable=unused-import  (before absl)
 
+from data_prep import entry_point
 from data_prep.errors import UserError
 from tff_pipeline import api
 
@@ -37,20 +36,14 @@ _SHARD_DIR = flags.DEFINE_string(
 
 def main(argv: list[str]) -> int:
   if len(argv) != 2:
-    print('error: give one argument, the output_dir of a training run',
-          file=sys.stderr)
-    return 2
+    raise UserError('give one argument, the output_dir of a training run')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  try:
-    exported = api.export(argv[1], _ROUND.value, _MODEL_DIR.value,
-                          _SHARD_DIR.value)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  exported = api.export(argv[1], _ROUND.value, _MODEL_DIR.value,
+                        _SHARD_DIR.value)
   print(api.describe_export(exported))
   return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  entry_point.run(main)
