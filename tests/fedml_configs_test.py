@@ -68,7 +68,8 @@ class FedmlConfigsTest(absltest.TestCase):
             examples.CROSS_SILO_MNIST_LR, data_cache_dir=cls.data,
             client_num_in_total=10, comm_round=3, enable_wandb='true'),
         'lightsecagg': _shrink(examples.LIGHTSECAGG, data_cache_dir=cls.data,
-                               client_num_in_total=10),
+                               client_num_in_total=10,
+                               client_num_per_round=3),
         'central_dp': _shrink(examples.CENTRAL_DP, data_cache_dir=cls.data,
                               client_num_in_total=20,
                               client_num_per_round=4, comm_round=3),
@@ -237,6 +238,9 @@ class FedmlConfigErrorsTest(absltest.TestCase):
                 'dp_args.dp_solution_type=ldp'),
         'section': (examples.CROSS_SILO_MNIST_LR.replace(
             'environment_args:', 'enviroment_args:'), "'enviroment_args'"),
+        # FedML's LightSecAgg example samples 2 clients a round; SecAgg+
+        # releases no sum over fewer than 3 parties by default.
+        'secagg_pair': (examples.LIGHTSECAGG, 'client_num_per_round'),
     }
     with futures.ThreadPoolExecutor(max_workers=2) as pool:
       results = {}
@@ -252,7 +256,9 @@ class FedmlConfigErrorsTest(absltest.TestCase):
           result = results[name].result()
           self.assertEqual(result.returncode, 2, result.stderr)
           lines = [l for l in result.stderr.splitlines() if l.strip()]
-          self.assertStartsWith(lines[-1], 'error: config file ')
+          # A key the YAML names: the file; a value out of range: the flag.
+          self.assertStartsWith(lines[-1], 'error: config file ' if (
+              name != 'secagg_pair') else 'error: --clients_per_round=2 ')
           self.assertIn(mention, lines[-1])
           self.assertNotIn('Traceback', result.stderr)
 

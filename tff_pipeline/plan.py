@@ -81,6 +81,15 @@ def resolve_config(yaml_values: Mapping[str, Any],
       raise UserError(
           f'--secagg_bits={config.secagg_bits} is more than {DISTRIBUTED_DP} '
           f'takes ({ddp_accounting.MAX_BITS}); lower it, or 0 for the default')
+  if aggregator.secure and config.clients_per_round < config.secagg_threshold:
+    # Every round would be skipped: SecAgg+ releases no smaller sum.
+    raise UserError(
+        f'--clients_per_round={config.clients_per_round} is below '
+        f'--secagg_threshold={config.secagg_threshold}, the fewest parties '
+        f'a secure sum may cover, so --aggregator={config.aggregator} would '
+        'skip every round; raise --clients_per_round (FedML: '
+        'train_args.client_num_per_round) or lower --secagg_threshold '
+        '(at least 2)')
   family.check_model(config.model)
   optimizers.check(config.client_optimizer, 'client')
   optimizers.check(config.server_optimizer, 'server')

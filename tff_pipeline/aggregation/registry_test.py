@@ -81,6 +81,17 @@ class AggregatorsTest(absltest.TestCase):
       expected = 'poisson' if spec.private else 'uniform'
       self.assertEqual(_config(aggregator=name).client_sampling, expected)
 
+  def test_secure_rounds_below_the_threshold_are_refused_at_start(self):
+    for name in ('secagg', 'secagg_dp'):
+      with self.subTest(name):
+        with self.assertRaisesRegex(
+            UserError, r'--clients_per_round=2 is below --secagg_threshold=3'):
+          _config(aggregator=name, clients_per_round=2)
+        self.assertEqual(_config(aggregator=name, clients_per_round=2,
+                                 secagg_threshold=2).clients_per_round, 2)
+    self.assertEqual(_config(aggregator='mean', clients_per_round=1)
+                     .clients_per_round, 1)
+
   def test_bad_values_are_user_errors(self):
     for values, flag in (({'aggregator': 'secure'}, '--aggregator'),
                          ({'clip': 0}, '--clip'),

@@ -102,7 +102,7 @@ _MACHINERY: dict[str, str] = {
 }
 _MACHINERY_PREFIXES = {'mlops_': _TRACKING, 'customized_training_': _EXECUTORS}
 
-_SECAGG = 'pairwise-mask SecAgg (--aggregator=secagg; see SECURITY.md)'
+_SECAGG = 'SecAgg+ (--aggregator=secagg; see docs/secagg.md)'
 # Keys of secure_aggregation_args / lsa_args besides enable_sa.
 _SECAGG_KEYS = {
     'sa_method': _SECAGG,

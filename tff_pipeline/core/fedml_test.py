@@ -34,8 +34,11 @@ class FedmlConfigTest(absltest.TestCase):
     return config_lib.parse_yaml(self._write(text))
 
   def _resolve(self, text: str, **flags) -> config_lib.TrainConfig:
+    # FedML's examples sample 2 clients a round: SecAgg+ needs
+    # --secagg_threshold=2 for that (3 by default).
     return plan.resolve_config(self._parse(text).values,
-                               {'output_dir': '/tmp/x', **flags})
+                               {'output_dir': '/tmp/x', 'secagg_threshold': 2,
+                                **flags})
 
   def _edit(self, text: str, old: str, new: str) -> str:
     self.assertIn(old, text)
@@ -99,7 +102,8 @@ class FedmlConfigTest(absltest.TestCase):
 
   def test_lightsecagg_trains_with_secure_aggregation(self):
     overrides = self._parse(LIGHTSECAGG)
-    config = plan.resolve_config(overrides.values, {'output_dir': '/tmp/x'})
+    config = plan.resolve_config(overrides.values, {'output_dir': '/tmp/x',
+                                                    'secagg_threshold': 2})
     self.assertEqual((config.aggregator, config.algorithm),
                      ('secagg', 'fedavg'))
     self.assertTrue(plan.is_secure(config))
