@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import tempfile
 import time
 
@@ -465,9 +466,21 @@ class DistributedEndToEndTest(absltest.TestCase):
   def _pod_runs(self) -> dict[str, float]:
     """Per pod: how often its edge server ran a round computation on it."""
     counts: dict[str, float] = {}
+    tls_dir = self.cluster.topology.tls_dir
+    context, scheme = None, 'http'
+    if tls_dir:
+      # /metrics under TLS admits only a monitoring-role certificate.
+      if not os.path.exists(os.path.join(tls_dir, 'prometheus.crt')):
+        certs.write_bundle(tls_dir, ['prometheus'], reuse_ca=True)
+      files = tls.TlsFiles.from_dir(tls_dir, 'prometheus')
+      context = ssl.create_default_context(cafile=files.ca)
+      context.load_cert_chain(files.cert, files.key)
+      context.check_hostname = False  # A node's address, not its name.
+      scheme = 'https'
     for server in self.cluster.edge_servers:
-      with urllib.request.urlopen(f'http://{server.metrics_address}/metrics',
-                                  timeout=10) as reply:
+      with urllib.request.urlopen(
+          f'{scheme}://{server.metrics_address}/metrics', context=context,
+          timeout=10) as reply:
         text = reply.read().decode('utf-8')
       for family in prom_parser.text_string_to_metric_families(text):
         for sample in family.samples:
