@@ -218,6 +218,44 @@ class TaskFamily(abc.ABC):
     )
 
 
+def outputs_probabilities(model: tf.keras.Model) -> bool:
+  """Whether a classifier ends in softmax (else its outputs are logits)."""
+  activation = getattr(model.layers[-1], 'activation', None) if model.layers \
+      else None
+  return activation is tf.keras.activations.softmax
+
+
+class ClassifierFamily(TaskFamily):
+  """A family of classifiers: sparse categorical cross-entropy, accuracy.
+
+  Its own models (`model_names`) end in logits iff `builtin_from_logits`; a
+  user's model (`--model=package.module:function`) may end in softmax or in
+  logits, and the loss follows what it ends in.
+  """
+
+  builtin_from_logits = False
+
+  def loss(self, manifest: shards.Manifest) -> tf.keras.losses.Loss:
+    del manifest
+    return tf.keras.losses.SparseCategoricalCrossentropy(
+        from_logits=self.builtin_from_logits)
+
+  def metrics(self, manifest: shards.Manifest
+              ) -> list[tf.keras.metrics.Metric]:
+    del manifest
+    return [tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')]
+
+  def bind(self, manifest: shards.Manifest, model_name: str, seed: int,
+           weight_decay: float = 0.0) -> Task:
+    task = super().bind(manifest, model_name, seed, weight_decay)
+    if model_name in self.model_names:
+      return task
+    from_logits = not outputs_probabilities(task.model_builder())
+    return dataclasses.replace(
+        task, loss_builder=lambda: tf.keras.losses.SparseCategoricalCrossentropy(
+            from_logits=from_logits))
+
+
 def load_object(spec: str, what: str) -> Any:
   """Imports `package.module:name` and returns that attribute.
 

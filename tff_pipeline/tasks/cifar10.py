@@ -23,7 +23,6 @@ FedML's `dataset: cifar10` and `model: resnet18` (or `resnet18_gn`) map here.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import numpy as np
@@ -109,11 +108,12 @@ def create_resnet18(num_classes: int = 10, seed: int = 0,
 MODELS = {'cnn': create_cnn, 'resnet18': create_resnet18}
 
 
-class Cifar10(base.TaskFamily):
+class Cifar10(base.ClassifierFamily):
   """CIFAR-10's 50,000 training images split over clients."""
 
   name = 'cifar10'
   model_names = tuple(MODELS)
+  builtin_from_logits = True  # Both models end in logits.
   custom_models = True
   # Untuned (no CIFAR-10 copy here): FedAvg with 10 of 100 clients a round.
   defaults = dict(model='cnn', num_clients=100, clients_per_round=10,
@@ -144,28 +144,6 @@ class Cifar10(base.TaskFamily):
                                 weight_decay=weight_decay)
     return base.build_classifier(model_name, cifar10_prep.IMAGE_SHAPE,
                                  manifest.num_classes)
-
-  def loss(self, manifest: shards.Manifest) -> tf.keras.losses.Loss:
-    del manifest
-    return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-  def metrics(self, manifest: shards.Manifest
-              ) -> list[tf.keras.metrics.Metric]:
-    del manifest
-    return [tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')]
-
-  def bind(self, manifest: shards.Manifest, model_name: str, seed: int,
-           weight_decay: float = 0.0) -> base.Task:
-    task = super().bind(manifest, model_name, seed, weight_decay)
-    if model_name in MODELS:
-      return task  # Both end in logits.
-    # Your classifier may end in softmax instead.
-    last = task.model_builder().layers[-1]
-    from_logits = getattr(last, 'activation', None) is not (
-        tf.keras.activations.softmax)
-    return dataclasses.replace(
-        task, loss_builder=lambda: tf.keras.losses.SparseCategoricalCrossentropy(
-            from_logits=from_logits))
 
 
 CIFAR10 = Cifar10()

@@ -11,7 +11,6 @@ resize them with `--image_size` (e.g. 32).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -34,7 +33,7 @@ def _preprocess(batch: base.Batch):
   return tf.cast(batch['pixels'], tf.float32) / 255.0, batch['label']
 
 
-class ImageFolder(base.TaskFamily):
+class ImageFolder(base.ClassifierFamily):
   """Labelled image folders, per client or pooled."""
 
   name = 'image_folder'
@@ -96,25 +95,6 @@ class ImageFolder(base.TaskFamily):
           input_shape=image_shape(manifest))
     return base.build_classifier(model_name, image_shape(manifest),
                                  manifest.num_classes)
-
-  def loss(self, manifest: shards.Manifest) -> tf.keras.losses.Loss:
-    del manifest
-    return tf.keras.losses.SparseCategoricalCrossentropy()
-
-  def metrics(self, manifest: shards.Manifest
-              ) -> list[tf.keras.metrics.Metric]:
-    del manifest
-    return [tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')]
-
-  def bind(self, manifest: shards.Manifest, model_name: str, seed: int,
-           weight_decay: float = 0.0) -> base.Task:
-    task = super().bind(manifest, model_name, seed, weight_decay)
-    if model_name in images.IMAGE_MODELS:
-      return task
-    from_logits = not images.outputs_probabilities(task.model_builder())
-    return dataclasses.replace(
-        task, loss_builder=lambda: tf.keras.losses.SparseCategoricalCrossentropy(
-            from_logits=from_logits))
 
 
 IMAGE_FOLDER = ImageFolder()

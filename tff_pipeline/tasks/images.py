@@ -108,19 +108,12 @@ IMAGE_MODELS: dict[str, ModelBuilder] = {
 }
 
 
-def outputs_probabilities(model: tf.keras.Model) -> bool:
-  """Whether a classifier ends in softmax (else its outputs are logits)."""
-  activation = getattr(model.layers[-1], 'activation', None) if model.layers \
-      else None
-  return activation is tf.keras.activations.softmax
-
-
 def _preprocess(batch: base.Batch):
   pixels = tf.cast(batch['pixels'], tf.float32) / 255.0
   return tf.expand_dims(pixels, -1), batch['label']
 
 
-class ImageClassification(base.TaskFamily):
+class ImageClassification(base.ClassifierFamily):
   """One of the idx image datasets, split over clients."""
 
   model_names = tuple(IMAGE_MODELS)
@@ -158,26 +151,6 @@ class ImageClassification(base.TaskFamily):
       return IMAGE_MODELS[model_name](manifest.num_classes, seed=seed,
                                       weight_decay=weight_decay)
     return base.build_classifier(model_name, IMAGE_SHAPE, manifest.num_classes)
-
-  def loss(self, manifest: shards.Manifest) -> tf.keras.losses.Loss:
-    del manifest
-    return tf.keras.losses.SparseCategoricalCrossentropy()
-
-  def metrics(self, manifest: shards.Manifest
-              ) -> list[tf.keras.metrics.Metric]:
-    del manifest
-    return [tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')]
-
-  def bind(self, manifest: shards.Manifest, model_name: str, seed: int,
-           weight_decay: float = 0.0) -> base.Task:
-    task = super().bind(manifest, model_name, seed, weight_decay)
-    if model_name in IMAGE_MODELS:
-      return task
-    # A user's classifier may end in logits rather than softmax.
-    from_logits = not outputs_probabilities(task.model_builder())
-    return dataclasses.replace(
-        task, loss_builder=lambda: tf.keras.losses.SparseCategoricalCrossentropy(
-            from_logits=from_logits))
 
 
 FASHION_MNIST = ImageClassification('fashion_mnist')

@@ -107,8 +107,8 @@ class UserClassifierTest(absltest.TestCase):
     model = base.build_classifier('user_models_for_test:small_cnn',
                                   models.IMAGE_SHAPE, 10)
     self.assertEqual(model(tf.zeros([3, 28, 28, 1])).shape, (3, 10))
-    self.assertFalse(models.outputs_probabilities(model))
-    self.assertTrue(models.outputs_probabilities(base.build_classifier(
+    self.assertFalse(base.outputs_probabilities(model))
+    self.assertTrue(base.outputs_probabilities(base.build_classifier(
         'user_models_for_test:probabilities', models.IMAGE_SHAPE, 10)))
 
   def test_family_accepts_module_function_models(self):

@@ -11,7 +11,6 @@ and the number of classes).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -57,7 +56,7 @@ def num_features(manifest: shards.Manifest) -> int:
   return int(manifest.features['features']['shape'][0])
 
 
-class Csv(base.TaskFamily):
+class Csv(base.ClassifierFamily):
   """Rows of CSV files, clients by a column or by a partition."""
 
   name = 'csv'
@@ -117,26 +116,6 @@ class Csv(base.TaskFamily):
                                 seed=seed, weight_decay=weight_decay)
     return base.build_classifier(model_name, (num_features(manifest),),
                                  manifest.num_classes)
-
-  def loss(self, manifest: shards.Manifest) -> tf.keras.losses.Loss:
-    del manifest
-    return tf.keras.losses.SparseCategoricalCrossentropy()
-
-  def metrics(self, manifest: shards.Manifest
-              ) -> list[tf.keras.metrics.Metric]:
-    del manifest
-    return [tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')]
-
-  def bind(self, manifest: shards.Manifest, model_name: str, seed: int,
-           weight_decay: float = 0.0) -> base.Task:
-    task = super().bind(manifest, model_name, seed, weight_decay)
-    if model_name in MODELS:
-      return task
-    # A user's classifier may end in logits rather than softmax.
-    from_logits = not images.outputs_probabilities(task.model_builder())
-    return dataclasses.replace(
-        task, loss_builder=lambda: tf.keras.losses.SparseCategoricalCrossentropy(
-            from_logits=from_logits))
 
 
 CSV = Csv()
