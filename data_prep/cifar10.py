@@ -267,19 +267,8 @@ def find_or_prepare(data_dir: str, shard_dir: str, num_clients: int = 100,
 
 def _check_request(num_clients: int, partition: str,
                    partition_alpha: float) -> None:
-  if partition == "natural":
-    raise errors.DataPrepError(
-        "CIFAR-10 has no owners; use --partition=iid or dirichlet")
-  if partition not in PARTITIONS:
-    raise errors.DataPrepError(
-        f"unknown --partition={partition}; use iid or dirichlet")
-  if num_clients < 1:
-    raise errors.DataPrepError(
-        f"--num_clients={num_clients} must be at least 1")
-  if partition == "dirichlet" and not (
-      partition_alpha > 0 and np.isfinite(partition_alpha)):
-    raise errors.DataPrepError(
-        f"--partition_alpha={partition_alpha} must be a positive number")
+  partition_lib.check_split(partition, num_clients, partition_alpha,
+                            "CIFAR-10 has no owners")
 
 
 def _partition_record(num_clients: int, partition: str,

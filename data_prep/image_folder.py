@@ -28,7 +28,6 @@ An image that cannot be decoded is an error naming the file.
 
 import dataclasses
 import hashlib
-import math
 import os
 
 from absl import flags
@@ -322,21 +321,11 @@ def _check_request(data_dir: str, num_clients: int, partition: str,
         f"{os.path.abspath(data_dir)} holds client folders (<client>/<label>/"
         f"<image>), so its clients are natural; drop --partition={partition}")
   if layout == LABELS_LAYOUT:
-    if partition == "natural":
-      raise errors.DataPrepError(
-          f"{os.path.abspath(data_dir)} holds label folders, not client "
-          "folders, so it has no natural clients; use --partition=iid or "
-          "dirichlet")
-    if partition not in PARTITIONS:
-      raise errors.DataPrepError(
-          f"unknown --partition={partition}; use iid or dirichlet")
-    if num_clients < 1:
-      raise errors.DataPrepError(
-          f"--num_clients={num_clients} must be at least 1")
-  if partition == "dirichlet" and not (
-      partition_alpha > 0 and math.isfinite(partition_alpha)):
-    raise errors.DataPrepError(
-        f"--partition_alpha={partition_alpha} must be a positive number")
+    partition_lib.check_split(
+        partition, num_clients, partition_alpha,
+        f"{os.path.abspath(data_dir)} holds label folders, not client "
+        "folders, so it has no natural clients")
+  partition_lib.check_alpha(partition, partition_alpha)
   if not eval_data and not 0 < eval_fraction < 1:
     raise errors.DataPrepError(
         f"--eval_fraction={eval_fraction} must be in (0, 1), e.g. 0.1; or "

@@ -108,21 +108,8 @@ def client_ids(num_clients: int) -> list[str]:
 
 def _check_request(task: str, num_clients: int, partition: str,
                    partition_alpha: float) -> None:
-  if partition == "natural":
-    raise errors.DataPrepError(
-        f"{task} idx files carry no owner ids; use --partition=iid or "
-        "dirichlet")
-  if partition not in PARTITIONS:
-    raise errors.DataPrepError(
-        f"unknown --partition={partition}; use iid or dirichlet")
-  if num_clients < 1:
-    raise errors.DataPrepError(
-        f"--num_clients={num_clients} must be at least 1")
-  if partition == "dirichlet" and not (
-          partition_alpha > 0 and np.isfinite(partition_alpha)):
-    raise errors.DataPrepError(
-        f"--partition_alpha={partition_alpha} must be a positive number "
-        "(smaller is more label-skewed, e.g. 0.5)")
+  partition_lib.check_split(partition, num_clients, partition_alpha,
+                            f"{task} idx files carry no owner ids")
 
 
 def _partition_record(num_clients: int, partition: str,

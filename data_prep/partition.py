@@ -112,6 +112,40 @@ def natural(owner_ids: Sequence[str]) -> dict[str, np.ndarray]:
   return {str(owner): group for owner, group in zip(owners, groups)}
 
 
+def check_split(partition: str, num_clients: int, alpha: float,
+                no_owners: str) -> None:
+  """Checks a request to split a pool without owners (iid or dirichlet).
+
+  Args:
+    partition: The requested partition.
+    num_clients: How many clients to split into.
+    alpha: The Dirichlet concentration.
+    no_owners: Why --partition=natural cannot apply, e.g. "CIFAR-10 has no
+      owners".
+
+  Raises:
+    DataPrepError: naming the bad value and its fix.
+  """
+  if partition == "natural":
+    raise errors.DataPrepError(
+        f"{no_owners}; use --partition=iid or dirichlet")
+  if partition not in ("iid", "dirichlet"):
+    raise errors.DataPrepError(
+        f"unknown --partition={partition}; use iid or dirichlet")
+  if num_clients < 1:
+    raise errors.DataPrepError(
+        f"--num_clients={num_clients} must be at least 1")
+  check_alpha(partition, alpha)
+
+
+def check_alpha(partition: str, alpha: float) -> None:
+  """A Dirichlet partition needs a positive, finite concentration."""
+  if partition == "dirichlet" and not (alpha > 0 and np.isfinite(alpha)):
+    raise errors.DataPrepError(
+        f"--partition_alpha={alpha} must be a positive number (smaller is "
+        "more label-skewed, e.g. 0.5)")
+
+
 def _check_counts(num_examples: int, num_clients: int) -> None:
   if num_clients < 1:
     raise ValueError(f"num_clients must be >= 1, got {num_clients}")

@@ -124,6 +124,27 @@ class DirichletTest(absltest.TestCase):
       partition.dirichlet(self.labels.astype(float), 10, 0.5, _rng())
 
 
+class CheckSplitTest(absltest.TestCase):
+
+  def test_good_requests_pass(self):
+    partition.check_split("iid", 10, float("nan"), "no owners")
+    partition.check_split("dirichlet", 1, 0.1, "no owners")
+
+  def test_bad_requests_name_the_flag_and_the_fix(self):
+    for args, message in (
+        (("natural", 10, 0.5), "no owners here; use --partition=iid or "
+                               "dirichlet"),
+        (("random", 10, 0.5), "unknown --partition=random"),
+        (("iid", 0, 0.5), "--num_clients=0 must be at least 1"),
+        (("dirichlet", 10, 0.0), "--partition_alpha=0.0 must be a positive"),
+        (("dirichlet", 10, float("inf")), "--partition_alpha=inf"),
+    ):
+      with self.subTest(args=args):
+        with self.assertRaises(errors.DataPrepError) as raised:
+          partition.check_split(*args, "no owners here")
+        self.assertIn(message, str(raised.exception))
+
+
 class NaturalTest(absltest.TestCase):
 
   def test_groups_by_owner_sorted(self):
