@@ -104,8 +104,8 @@ def secure_sum(relay: Relay, masked_input: MaskedInput, *, run: str,
   dropout at that stage (`relay` decides what "missing" is: an error, a
   timeout, a refusal). The key stages restart without parties that never
   revealed (at most `policy.max_attempts` attempts, as the parties allow);
-  `masked_input` runs once per attempt; it may end the attempt by raising
-  `server_lib.AttemptFailed` (before anything is unmasked).
+  `masked_input` runs at most once; it may end the round by raising
+  `messages.RoundFailed` (before anything is unmasked).
   """
   participants = sorted(parties)
   dropped: dict[str, str] = {}
@@ -400,14 +400,12 @@ class RemoteSecureRound:
       delivered = set(report.merged_pods)
       if self._noise_shares and delivered != set(forwarded):
         # Each client's noise share was sized for len(clients): unmasking
-        # the survivors' sum would release less noise than accounted. Never
-        # unmask it; redo the key stages among the pods that delivered (they
-        # size their shares for their own count).
-        raise server_lib.AttemptFailed(
+        # the survivors' sum would release less noise than accounted, and
+        # the pods give one masked input per round (no redo). Skip it.
+        raise messages.RoundFailed(
             f'round {round_num}: pods {sorted(set(forwarded) - delivered)} '
-            'dropped after the noise shares were sized; the sum is not '
-            'unmasked, the round is redone among the others',
-            sorted(delivered & set(forwarded)))
+            'dropped after the noise shares were sized; the survivors\' sum '
+            'would carry less noise than accounted, so it is not unmasked')
       merged = self._round.merge(partials)
       masked = server_lib.MaskedSum(form.bits, form.length)
       try:
