@@ -39,6 +39,9 @@ _TIMEOUT = 900
 # terminal.
 _LINE = re.compile(r'^round (\d+)/(\d+)  loss (\S+)  acc (\S+)(.*)  (\S+)s  '
                    r'ETA \S+$')
+# DP runs withhold the clients' training metrics.
+_DP_LINE = re.compile(r'^round (\d+)/(\d+)  (train metrics withheld \(DP\)|'
+                      r'no client sampled)()(.*)  (\S+)s  ETA \S+$')
 
 
 def _shrink(text: str, **values) -> str:
@@ -128,7 +131,7 @@ class FedmlConfigsTest(absltest.TestCase):
     _, _, config, rows = self._run('lightsecagg')
     self.assertEqual((config['aggregator'], config['algorithm']),
                      ('secagg', 'fedavg'))
-    self.assertTrue(all(len(r['clients']) == 2 for r in rows))
+    self.assertTrue(all(len(r['clients']) == 3 for r in rows))
 
   def test_central_dp_is_calibrated_to_the_examples_epsilon(self):
     _, _, config, rows = self._run('central_dp')
@@ -158,15 +161,23 @@ class FedmlConfigsTest(absltest.TestCase):
     for name in self.results:
       with self.subTest(name):
         _, stderr, _, rows = self._run(name)
-        lines = [_LINE.match(l) for l in stderr.splitlines()
+        private = 'privacy' in rows[0]
+        pattern = _DP_LINE if private else _LINE
+        lines = [pattern.match(l) for l in stderr.splitlines()
                  if l.startswith('round ')]
         self.assertLen(lines, len(rows), stderr)
         for line, row in zip(lines, rows):
           self.assertIsNotNone(line, stderr)
           self.assertEqual(int(line.group(1)), row['round'])
           self.assertEqual(int(line.group(2)), len(rows))
-          self.assertEqual(line.group(3), f'{row["train"]["loss"]:.4f}')
-          self.assertEqual(line.group(4), f'{row["train"]["accuracy"]:.4f}')
+          if private:
+            self.assertEqual(row['train'], {})
+            self.assertEqual(line.group(3) == 'no client sampled',
+                             row.get('participants_count', 0) == 0)
+          else:
+            self.assertEqual(line.group(3), f'{row["train"]["loss"]:.4f}')
+            self.assertEqual(line.group(4),
+                             f'{row["train"]["accuracy"]:.4f}')
           if 'privacy' in row:
             self.assertIn(f'eps {row["privacy"]["epsilon"]:.3f}',
                           line.group(5))

@@ -145,13 +145,12 @@ class MovieLensDistributedTest(absltest.TestCase):
     row = remote.rows[0]
     self.assertEqual(row['failures'], [])
     self.assertEqual(sorted(row['participants']), sorted(row['clients']))
-    plain = api.run(self._config('plain', **sgd))
-    for a, b, c in zip(_weights(local), _weights(remote), _weights(plain),
-                       strict=True):
-      np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-    # Unweighted and clipped, so not the weighted mean's model.
-    self.assertFalse(all(np.allclose(a, c, atol=1e-6) for a, c in zip(
-        _weights(local), _weights(plain))))
+    # Each run rounds the weighted updates to fixed point at random, its own
+    # draws: item weights of ~0.1 agree to ~1e-6 (seen up to 3.7e-6). A
+    # lost client or a wrong weight moves them by ~1e-3 (the plain mean's
+    # model differs from secagg's by 2e-3 here).
+    for a, b in zip(_weights(local), _weights(remote), strict=True):
+      np.testing.assert_allclose(a, b, rtol=0, atol=2e-5)
 
 
 if __name__ == '__main__':

@@ -86,23 +86,26 @@ class TrainingLoopTest(absltest.TestCase):
     self.assertGreater(result.summary['final_eval']['accuracy'], 0.2)
 
   def test_secagg_rounds_below_the_threshold_are_skipped_not_released(self):
-    # 2 clients per round, threshold 3: every round is refused by the
-    # parties; the run goes on and the model stays the initial one.
+    # Poisson sampling of 3 expected clients of 10 (seeded: no DP), threshold
+    # 3: rounds that draw fewer are refused by the parties and release
+    # nothing; the others train.
     result = api.run(self._config('secagg-skip', aggregator='secagg',
-                                  clients_per_round=2, rounds=2))
-    self.assertEqual([r['round'] for r in result.rows], [1, 2])
+                                  num_clients=10, clients_per_round=3,
+                                  client_sampling='poisson', rounds=6))
+    self.assertEqual([r['round'] for r in result.rows], list(range(1, 7)))
+    small = [r for r in result.rows if len(r['clients']) < 3]
+    self.assertNotEmpty(small)  # Binomial(10, 0.3) < 3 in some of 6 rounds.
     for row in result.rows:
-      self.assertIn('2 parties, fewer than the minimum 3', row['skipped'])
-      self.assertEqual(row['train'], {})
-      self.assertNotIn('participants', row)
-    config = self._config('secagg-skip-init', aggregator='secagg')
-    task = plan.load_task(config)
-    tf.keras.utils.set_random_seed(config.seed)
-    process = plan.training_process(config, task)
-    initial = algorithms.initial_state(process, task)
-    for a, b in zip(process.get_model_weights(initial).trainable,
-                    result.state.global_model_weights.trainable):
-      np.testing.assert_array_equal(a, b)
+      if len(row['clients']) < 3:
+        self.assertIn('fewer than the minimum 3', row['skipped'])
+        self.assertEqual(row['train'], {})
+        self.assertNotIn('participants', row)
+      else:
+        self.assertNotIn('skipped', row)
+    # Fewer than the threshold per round is refused before training.
+    with self.assertRaisesRegex(UserError, 'below --secagg_threshold=3'):
+      api.run(self._config('secagg-two', aggregator='secagg',
+                           clients_per_round=2, rounds=1))
     # With 3 per round the same run trains.
     trained = api.run(self._config('secagg-three', aggregator='secagg',
                                    clients_per_round=3, rounds=1))
