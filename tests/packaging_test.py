@@ -44,7 +44,8 @@ class WheelTest(absltest.TestCase):
     super().setUpClass()
     cls.pip = _pip()
     if cls.pip is None:
-      return
+      raise absltest.SkipTest('no pip here (neither in this interpreter nor '
+                              'a python3 with pip --python)')
     root = absltest.get_default_test_tmpdir()
     cls.source = os.path.join(root, 'source')
     shutil.rmtree(cls.source, ignore_errors=True)
@@ -61,12 +62,6 @@ class WheelTest(absltest.TestCase):
          '--no-index', '-w', cls.out],
         cwd=cls.source, capture_output=True, text=True, timeout=600,
         check=False, env=dict(os.environ, PIP_NO_INDEX='1'))
-
-  def setUp(self):
-    super().setUp()
-    if self.pip is None:
-      self.skipTest('no pip here (neither in this interpreter nor a '
-                    'python3 with pip --python)')
 
   def _wheel(self) -> str:
     self.assertEqual(self.build.returncode, 0, self.build.stderr[-3000:])

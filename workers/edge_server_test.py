@@ -53,12 +53,14 @@ def _wait(address: str, path: str, process, timeout: float = 180) -> None:
     if process.poll() is not None:
       raise AssertionError(f'{path} server exited: {process.stdout.read()}')
     try:
-      if health.get_json(address, path, 1.0)[0] == 200:
-        return
+      status = health.get_json(address, path, 1.0)[0]
     except OSError:
-      pass
+      status = None
+    if status == 200:
+      break
     time.sleep(0.2)
-  raise AssertionError(f'{address}{path} never answered 200')
+  else:
+    raise AssertionError(f'{address}{path} never answered 200')
 
 
 def _served_serial(port: int, ca: str) -> int:
