@@ -281,6 +281,14 @@ def releases_client_ids(config: TrainConfig) -> bool:
   return not is_private(config) or config.log_participants
 
 
+def noise_shares(config: TrainConfig
+                 ) -> Optional[Callable[[Any, int], Any]]:
+  """distributed_dp: what tells each attempt's state its participant count
+  (the clients' noise shares depend on it); None for other aggregators."""
+  return (distributed_dp.set_participants
+          if config.aggregator == DISTRIBUTED_DP else None)
+
+
 def secagg_policy(config: TrainConfig) -> secagg_policy_lib.Policy:
   """What every SecAgg+ party of a local run enforces."""
   return secagg_policy_lib.Policy(min_parties=config.secagg_threshold)
@@ -444,7 +452,7 @@ class LocalSetup:
     return secure_round.LocalSecureRound(
         secure_form.SecureForm(process.next, len(self.task.manifest.clients),
                                self._mask_root),
-        self._mask_root, set_participants=distributed_dp.set_participants,
+        self._mask_root, set_participants=noise_shares(self.config),
         policy=secagg_policy(self.config))
 
   def close(self) -> None:
@@ -537,9 +545,7 @@ class RemoteSetup:
           round_timeout=self.config.round_timeout,
           retries=self.config.round_retries,
           # Each attempt's count (distributed_dp's noise shares).
-          set_participants=(distributed_dp.set_participants
-                            if self.config.aggregator == DISTRIBUTED_DP
-                            else None),
+          set_participants=noise_shares(self.config),
           min_parties=self.config.secagg_threshold)
     else:
       distributed_next = self._distributed(process.next)

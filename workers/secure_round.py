@@ -254,9 +254,9 @@ class LocalSecureRound:
         total += mask
         included.append(name)
       clients = [c for c in client_ids if names[c] in included]
-      attempt_state = self._set_participants(state, len(clients))
       if not clients:
-        return None, (attempt_state, None, clients)
+        return None, (state, None, clients)
+      attempt_state = self._set_participants(state, len(clients))
       maskfile.write(self._root, rid.tag, prg.reduce(total, form.bits))
       try:
         accumulator, words = form.pod_round(

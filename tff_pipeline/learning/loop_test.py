@@ -22,7 +22,8 @@ from tff_pipeline.learning import sampling
 from workers import coordinator as distributed
 
 
-class TrainingLoopTest(absltest.TestCase):
+class _RunsInATempDir(absltest.TestCase):
+  """Runs on the local runtime, outputs and shard cache in a temp dir."""
 
   @classmethod
   def setUpClass(cls):
@@ -35,6 +36,9 @@ class TrainingLoopTest(absltest.TestCase):
   def tearDownClass(cls):
     shutil.rmtree(cls._dir)
     super().tearDownClass()
+
+
+class TrainingLoopTest(_RunsInATempDir):
 
   def _config(self, name, **overrides):
     values = dict(model='lr', num_clients=8, clients_per_round=3, rounds=3,
@@ -142,20 +146,8 @@ def _gdp_epsilon(mu: float, delta: float) -> float:
   return optimize.brentq(excess, 0.0, mu * mu / 2 + 10 * mu + 50)
 
 
-class PrivateRunTest(absltest.TestCase):
+class PrivateRunTest(_RunsInATempDir):
   """DP runs: secret sampling, counts not ids, nothing outside the ledger."""
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    runtime.use_local_runtime()
-    cls._dir = tempfile.mkdtemp()
-    os.environ['TFF_PIPELINE_CACHE'] = os.path.join(cls._dir, 'cache')
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls._dir)
-    super().tearDownClass()
 
   def _config(self, name, **overrides):
     values = dict(model='lr', num_clients=20, clients_per_round=5, rounds=3,
