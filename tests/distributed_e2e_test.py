@@ -435,7 +435,9 @@ class DistributedEndToEndTest(absltest.TestCase):
          *args], cwd=testutil.REPO_ROOT, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
 
-  def _wait_rows(self, output_dir: str, count: int, process, timeout=300):
+  def _wait_rows(self, output_dir: str, count: int, process, timeout=600):
+    # A hang guard, not a speed check: under a full suite on 2 cores a
+    # round with a stalled edge server took over 300 s.
     deadline = time.monotonic() + timeout
     while len(_rows(output_dir)) < count:
       if process.poll() is not None:
