@@ -61,6 +61,8 @@ def main(argv: list[str]) -> int:
   print(f'done: eval accuracy {final["accuracy"]:.4f}, loss {final["loss"]:.4f} '
         f'after round {config.rounds}; {result.summary["wall_seconds"]:.0f}s; '
         f'results in {config.output_dir}', file=sys.stderr)
+  if result.summary.get('eval_note'):
+    print(f'eval: {result.summary["eval_note"]}', file=sys.stderr)
   spent = result.summary.get('privacy')
   if spent:
     epsilon = spent['epsilon']
