@@ -91,7 +91,7 @@ def bind_task(config: TrainConfig, manifest: shards.Manifest
               ) -> task_base.Task:
   """The config's task on prepared shards (local, or the pods')."""
   return tasks.bind(config.task, manifest, config.model, config.seed,
-                    config.weight_decay)
+                    config.weight_decay, config.precision)
 
 
 def load_task(config: TrainConfig) -> task_base.Task:

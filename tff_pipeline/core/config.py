@@ -40,6 +40,7 @@ PARTITIONS = ('iid', 'dirichlet', 'natural')
 ALGORITHMS = ('fedavg', 'fedprox')
 EXECUTORS = ('local', 'remote')
 CLIENT_SAMPLINGS = ('auto', 'uniform', 'poisson')
+PRECISIONS = ('fp32', 'bf16')
 
 
 def _opt(
@@ -130,6 +131,11 @@ class TrainConfig:
                     'package.module:function (your own Keras classifier, '
                     'function(input_shape, num_classes)); other tasks name '
                     'their own.', names='models')
+  precision: str = _opt(
+      'fp32', 'model_args',
+      'Client and evaluation compute: fp32, or bf16 (Keras mixed_bfloat16: '
+      'bfloat16 layers, float32 variables, output layer, updates and '
+      'aggregation).', choices=PRECISIONS)
   # train_args
   algorithm: str = _opt(
       'fedavg', 'train_args',
