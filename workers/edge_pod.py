@@ -72,8 +72,15 @@ _THREADS = flags.DEFINE_integer(
 _MAX_CALLS = flags.DEFINE_integer(
     'max_concurrent_computation_calls', -1,
     'Cap on concurrent computations in the executor (-1: no cap).')
-_VERIFY = flags.DEFINE_bool('verify_shards', True,
-                            'Check every shard sha256 at start.')
+_VERIFY = flags.DEFINE_bool(
+    'verify_shards', True,
+    'Check shards (size and sha256): all at start if the pod holds at most '
+    f'{manifest_lib.VERIFY_AT_START_MAX} clients, else each when first '
+    'sampled (POST /control/verify from the edge server).')
+_VERIFY_AT_START_MAX = flags.DEFINE_integer(
+    'verify_at_start_max', manifest_lib.VERIFY_AT_START_MAX,
+    'With --verify_shards: check every shard at start if the pod holds at '
+    'most this many clients; else each when first sampled.')
 _TLS_DIR = flags.DEFINE_string(
     'tls_dir', '', 'Folder with ca.crt and <name>.crt/.key: serve only '
     'mutual TLS on --port (nginx in front of the executor).')
@@ -103,12 +110,18 @@ class EdgePod:
                secagg_key_file: str = '',
                tls: Optional[tls_lib.TlsFiles] = None,
                executor_port: int = 0, executor_netns: str = '',
-               executor_host: str = '127.0.0.1', run_dir: str = ''):
+               executor_host: str = '127.0.0.1', run_dir: str = '',
+               verify_at_start_max: int = manifest_lib.VERIFY_AT_START_MAX):
     self.name = name
     self.manifest = manifest_lib.load_manifest(data_dir)
-    if verify:
-      manifest_lib.verify_shards(self.manifest)
-    self.held_out_clients = self._held_out_clients(verify)
+    held_out = manifest_lib.load_held_out(self.manifest)
+    self.held_out_clients = self._held_out_clients(held_out)
+    # Start-up does no per-client work beyond reading the manifest unless
+    # the pod holds few clients (then a bad shard stops it at once).
+    self._verifier = (manifest_lib.ShardVerifier(self.manifest, held_out)
+                      if verify else None)
+    if self._verifier is not None:
+      self._verifier.verify_if_few(verify_at_start_max)
     self._keys = secagg_masks.PodKeys(
         secagg_masks.load_or_create_secret(
             secagg_key_file or os.path.join(self.manifest.shard_dir,
@@ -130,7 +143,9 @@ class EdgePod:
     control_get = {'/control/manifest': self.metrics.wrap_route(
         'manifest', self._manifest)}
     control_post = {'/control/secagg/masks': self.metrics.wrap_route(
-        'secagg_masks', self._secagg_masks)}
+        'secagg_masks', self._secagg_masks),
+                    '/control/verify': self.metrics.wrap_route(
+                        'verify', self._verify)}
     self._terminator = None
     self._control = None
     if tls is None:
@@ -160,13 +175,11 @@ class EdgePod:
     return (200 if ready else 503), {'pod': self.name, 'ready': ready,
                                      'clients': len(self.manifest.clients)}
 
-  def _held_out_clients(self, verify: bool) -> list[str]:
+  def _held_out_clients(self, held_out: Optional[manifest_lib.Manifest]
+                        ) -> list[str]:
     """Clients with held-out shards in held_out/ (evaluated on this pod)."""
-    held_out = manifest_lib.load_held_out(self.manifest)
     if held_out is None:
       return []
-    if verify:
-      manifest_lib.verify_shards(held_out)
     strangers = sorted(set(held_out.client_ids()) - set(self.manifest.client_ids()))
     if strangers:
       raise DataPrepError(
@@ -179,6 +192,20 @@ class EdgePod:
     return 200, {'pod': self.name, 'manifest': self._manifest_raw,
                  'public_keys': self._keys.public_keys,
                  'held_out_clients': self.held_out_clients}
+
+  def _verify(self, request):
+    """Verifies the shards of request['clients'] not verified yet."""
+    clients = [str(c) for c in (request or {}).get('clients') or []]
+    foreign = sorted(set(clients) - set(self.manifest.client_ids()))
+    if foreign:
+      return 409, {'error': f'clients {foreign[:5]} {manifest_lib.NOT_HELD_MARKER}'}
+    if self._verifier is None:
+      return 200, {'verified': 0}
+    try:
+      return 200, {'verified': self._verifier.verify(clients)}
+    except DataPrepError as e:
+      logging.error('%s: %s', self.name, e)
+      return 409, {'error': str(e)}
 
   def _secagg_masks(self, request):
     start = time.monotonic()
@@ -248,7 +275,8 @@ def main(argv: list[str]) -> int:
                   tls_lib.TlsFiles.from_dir(_TLS_DIR.value, _NAME.value)
                   if _TLS_DIR.value else None,
                   _EXECUTOR_PORT.value, _EXECUTOR_NETNS.value,
-                  _EXECUTOR_HOST.value, _RUN_DIR.value)
+                  _EXECUTOR_HOST.value, _RUN_DIR.value,
+                  _VERIFY_AT_START_MAX.value)
     pod.start()
     if _METRICS_PORT.value:
       metrics_lib.serve(_METRICS_PORT.value, pod.metrics.registry)

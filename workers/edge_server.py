@@ -187,6 +187,26 @@ class EdgeServer:
           address, 'error', f'SecAgg masks: HTTP {status}: '
           f'{(body or {}).get("error", body)}')
 
+  def _verify_clients(self, pod: str, clients: list[str],
+                      timeout: Optional[float]) -> None:
+    """Has `pod` check its sampled clients' shards; raises on failure."""
+    address = self._control_address(self._pods[pod])
+    try:
+      status, body = tls_lib.http_post_json(
+          address, '/control/verify', {'clients': clients}, self._tls,
+          timeout=timeout or 600.0, server_name=pod)
+    except OSError as e:
+      raise executor_client.ExecutorError(
+          address, 'unavailable', f'shard check: {e}') from None
+    if status == 404:
+      return  # A pod from before /control/verify: it verified at start.
+    if status != 200:
+      error = str((body or {}).get('error', body))
+      kind = ('not_held' if executor_client.NOT_HELD_MARKER in error
+              else 'error')
+      raise executor_client.ExecutorError(
+          address, kind, f'shard check: HTTP {status}: {error}')
+
   def run(self, header: dict[str, Any], blobs: dict[str, bytes]):
     """Runs up_to_merge on the named pods and merges their partials."""
     try:
@@ -213,10 +233,14 @@ class EdgeServer:
       return executor_client.struct_value(parts)
 
     secagg = header.get('secagg')
+    # Client ids per pod (coordinators before this field send none).
+    clients_of = header.get('pod_clients') or {}
 
     def run_pod(pod: str):
       with (self._slots.hold() if self._slots else contextlib.nullcontext()):
         start = time.monotonic()
+        if pod in clients_of:
+          self._verify_clients(pod, clients_of[pod], timeout)
         if secagg is not None:
           self._prepare_masks(pod, secagg, timeout)
         arg = argument(pod)
