@@ -20,6 +20,10 @@ from tff_pipeline.learning import checkpoint
 from tff_pipeline.learning import metrics_io
 from tff_pipeline.learning import rounds as rounds_lib
 
+# Rows name the clients of a round up to this many; beyond, they carry how
+# many (`<field>_count`), so a row stays small at 1,000 clients per round.
+MAX_LISTED_IDS = 100
+
 # (round, the process output's metrics or None) -> fields for the row.
 Annotator = Callable[[int, Optional[Any]], dict[str, Any]]
 # Called with each round's row once it is saved.
@@ -65,14 +69,28 @@ def train_metrics(metrics: Any) -> dict[str, Any]:
   return row
 
 
+def ids_field(name: str, ids: Sequence[str],
+              limit: int = MAX_LISTED_IDS) -> dict[str, Any]:
+  """{name: ids} for at most `limit` ids, else {name + '_count': len(ids)}."""
+  if len(ids) <= limit:
+    return {name: list(ids)}
+  return {f'{name}_count': len(ids)}
+
+
 def _report_fields(report: Optional[rounds_lib.RoundReport]
                    ) -> dict[str, Any]:
   if report is None:
     return {}
-  fields = {'failures': report.failures, 'network': report.network(),
+  failures = []
+  for failure in report.failures:
+    failure = dict(failure)
+    if 'clients' in failure:
+      failure.update(ids_field('clients', failure.pop('clients')))
+    failures.append(failure)
+  fields = {'failures': failures, 'network': report.network(),
             'pod_seconds': report.pod_seconds}
   if report.participants is not None:
-    fields['participants'] = report.participants
+    fields.update(ids_field('participants', report.participants))
   return fields
 
 
@@ -107,7 +125,7 @@ def run(process: tff.learning.templates.LearningProcess, state: Any,
     row: dict[str, Any] = {
         'round': round_num,
         'round_seconds': time.monotonic() - start,
-        'clients': sampled,
+        **ids_field('clients', sampled),
         'train': train_metrics(metrics) if metrics is not None else {},
         **_report_fields(report),
     }
