@@ -43,6 +43,11 @@ from typing import Any, Optional
 from absl import app
 from absl import flags
 
+if '--side' in sys.argv:
+  # Before absl runs main (see tff_pipeline/train.py); only the child
+  # trains: the parent, which samples memory, stays without TensorFlow.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
+
 _SIDE = flags.DEFINE_bool('side', False, 'Internal: train once, write JSON.')
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Internal: result file.')
 _POPULATION = flags.DEFINE_integer('population', 0, 'Internal: clients.')
@@ -88,7 +93,6 @@ def _cpu_seconds() -> float:
 def _train_once() -> dict[str, Any]:
   """api.run with hooks; returns what the parent prints."""
   # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=unused-import
   from tff_pipeline import api
   from tff_pipeline import plan
   values = dict(task=TASK, num_clients=_POPULATION.value,
