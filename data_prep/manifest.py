@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import os
+import threading
 from typing import Any, Iterable
 
 from data_prep import errors
@@ -236,6 +237,71 @@ def verify_shards(manifest: Manifest,
       raise errors.ShardError(
           f"shard {path} is corrupt (sha256 mismatch with "
           f"{MANIFEST_FILE}); {hint}")
+
+
+def verify_eval(manifest: Manifest) -> None:
+  """`verify_shards` of the held-out shard (eval.tfrecord) alone, if any."""
+  if manifest.eval is None:
+    return
+  verify_shards(dataclasses.replace(manifest, clients=(),
+                                    eval=manifest.eval))
+
+
+# Shard dirs with at most this many clients are verified whole at start.
+VERIFY_AT_START_MAX = 1000
+
+
+class ShardVerifier:
+  """Verifies each shard (`verify_shards`) the first time it is used.
+
+  Hashing every shard when a run or a pod starts costs time in proportion
+  to the population; verifying the clients each round samples costs it in
+  proportion to the clients that actually train, once each. Thread-safe.
+  """
+
+  def __init__(self, manifest: Manifest,
+               held_out: "Manifest | None" = None):
+    self._manifest = manifest
+    self._held_out = held_out
+    self._held_out_ids = (frozenset(held_out.client_ids())
+                          if held_out is not None else frozenset())
+    self._verified: set[str] = set()
+    self._lock = threading.Lock()
+
+  def verify(self, client_ids: Iterable[str]) -> int:
+    """Verifies the shards of `client_ids` not verified yet; returns how many.
+
+    A client with a held-out shard (HELD_OUT_DIR) has both checked.
+
+    Raises:
+      ShardError: unknown client id, missing, truncated or corrupt shard.
+    """
+    with self._lock:
+      todo = sorted(set(client_ids) - self._verified)
+    if not todo:
+      return 0
+    verify_shards(self._manifest, todo)
+    held = [c for c in todo if c in self._held_out_ids]
+    if held:
+      verify_shards(self._held_out, held)
+    with self._lock:
+      self._verified.update(todo)
+    return len(todo)
+
+  def verify_if_few(self, limit: int = VERIFY_AT_START_MAX) -> bool:
+    """Verifies every shard now if there are at most `limit` clients.
+
+    Small datasets fail before anything starts, naming the file; large ones
+    are verified client by client as they are used, so start-up time does
+    not grow with the population beyond `limit` shards.
+
+    Returns:
+      Whether it verified everything.
+    """
+    if len(self._manifest.clients) > limit:
+      return False
+    self.verify(self._manifest.client_ids())
+    return True
 
 
 def _manifest_json(manifest: Manifest) -> str:

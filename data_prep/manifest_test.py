@@ -43,6 +43,44 @@ class ManifestTest(absltest.TestCase):
     self.assertEqual(json.loads(manifest.manifest_to_json(loaded))['task'],
                      'toy')
 
+  def test_shard_verifier_checks_each_shard_once_when_used(self):
+    root = tempfile.mkdtemp()
+    os.makedirs(os.path.join(root, 'clients'))
+    infos = []
+    for name in ('a', 'b', 'c'):
+      path = os.path.join(root, 'clients', f'{name}.tfrecord')
+      with open(path, 'wb') as f:
+        f.write(name.encode() * 10)
+      infos.append({'client_id': name, 'file': f'clients/{name}.tfrecord',
+                    'num_examples': 1, 'num_bytes': 10,
+                    'sha256': manifest._sha256(path),  # pylint: disable=protected-access
+                    'label_histogram': None})
+    raw = {'format_version': manifest.FORMAT_VERSION, 'task': 'toy',
+           'features': {'y': {'kind': 'int64', 'shape': []}},
+           'num_classes': None, 'partition': {}, 'source': {}, 'eval': None,
+           'clients': infos}
+    loaded = manifest.manifest_from_json(raw, root, 'test')
+    # c is corrupt (same size, other bytes); it is not looked at until used.
+    with open(os.path.join(root, 'clients', 'c.tfrecord'), 'wb') as f:
+      f.write(b'x' * 10)
+    verifier = manifest.ShardVerifier(loaded)
+    self.assertEqual(verifier.verify(['a', 'b', 'a']), 2)
+    self.assertEqual(verifier.verify(['b']), 0)  # Done already.
+    # b is not hashed again: damage after its check goes unnoticed here
+    # (TFRecord's CRCs catch it when read).
+    with open(os.path.join(root, 'clients', 'b.tfrecord'), 'wb') as f:
+      f.write(b'y' * 10)
+    self.assertEqual(verifier.verify(['b']), 0)
+    with self.assertRaisesRegex(errors.ShardError,
+                                r'c\.tfrecord is corrupt \(sha256'):
+      verifier.verify(['a', 'c'])
+    with self.assertRaisesRegex(errors.ShardError, r"client id 'd' is not"):
+      verifier.verify(['d'])
+    # Up to a limit, a new verifier checks everything at once (b fails).
+    self.assertFalse(manifest.ShardVerifier(loaded).verify_if_few(limit=2))
+    with self.assertRaisesRegex(errors.ShardError, r'b\.tfrecord is corrupt'):
+      manifest.ShardVerifier(loaded).verify_if_few(limit=3)
+
   def test_malformed_content_names_its_sender(self):
     with self.assertRaisesRegex(errors.ShardError, 'pod edge-2'):
       manifest.manifest_from_json({'task': 'x'}, '.', 'pod edge-2')

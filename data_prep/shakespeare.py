@@ -31,17 +31,28 @@ one snippet: the text of one speech (newlines kept) in a string feature
   leaf             LEAF's published JSON: DIR/train/*.json and
                    DIR/test/*.json, each {"users", "num_samples",
                    "user_data": {user: {"x": [windows], "y": [next chars]}}}.
-                   The sliding windows are chained back into text
-                   losslessly (a snippet ends where x[i+1] != x[i][1:] + y[i]),
-                   so a LEAF snippet is a run of a role's text, not one speech.
+                   Each sample is an 80-character window x and the
+                   character y after it (Caldas et al. 2018). Samples that
+                   overlap (x[j] == x[i][1:] + y[i], in any order) are
+                   chained back into text, losslessly, and trained at every
+                   position; samples that chain with no other (LEAF's
+                   sampled and split files have them) stay lone windows,
+                   trained on their one target ("window": 1 in the shard).
 
 Train/eval split: for plays and tinyshakespeare, --eval_fraction of the
 clients (chosen with np.random.default_rng(seed)) are held out whole and all
 their snippets go to eval.tfrecord; the rest are training clients. For LEAF,
-train/*.json users are the training clients and all of test/*.json goes to
-eval.tfrecord (--eval_fraction is ignored). Roles with fewer than --min_chars
-characters of speech are dropped first (LEAF drops tiny roles too), and
---num_clients keeps only the N largest training clients.
+train/*.json users are the training clients and test/*.json's samples go to
+eval.tfrecord as windows, each scored on its next character as LEAF scores
+it (--eval_fraction is ignored). LEAF's user split (-t user) holds out whole
+users; its sample split (-t sample) tests the later text of training users,
+and a test sample whose target and the OVERLAP_CONTEXT characters before it
+occur in the training text (shuffled users, iid sampling) is left out of
+eval.tfrecord and counted in manifest.source["leaf"], so evaluation never
+scores text the model trained on (`describe_eval` says what it measures).
+Roles with fewer than --min_chars characters of speech are dropped first
+(LEAF drops tiny roles too), and --num_clients keeps only the N largest
+training clients.
 
 The model side: `CHAR_VOCAB`, `SEQUENCE_LENGTH` and `to_sequences` match the
 character preprocessing of tff.simulation.baselines.shakespeare (pad 0,
@@ -55,6 +66,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import collections
 import dataclasses
 import glob
 import json
@@ -73,6 +85,20 @@ from data_prep import shards
 
 TASK = "shakespeare"
 FEATURES_SPEC = {"snippet": {"kind": "string", "shape": []}}
+# LEAF shards also say which examples are lone samples ("window": 1, the
+# snippet is x + y and only y is a target) rather than text ("window": 0).
+LEAF_FEATURES_SPEC = {"snippet": {"kind": "string", "shape": []},
+                      "window": {"kind": "int64", "shape": []}}
+LEAF_WINDOW = 80  # len(x) of LEAF's Shakespeare samples.
+# A test sample counts as seen in training when its target and the
+# OVERLAP_CONTEXT characters before it occur in the training text.
+OVERLAP_CONTEXT = 40
+# Chained runs of fewer samples stay lone windows (see regroup_samples).
+MIN_TEXT_SAMPLES = 8
+# manifest.source keys of LEAF shards: the encoding version, and what the
+# build found (split, sample counts, test samples not evaluated).
+LEAF_ENCODING = 2
+LEAF_STATS = "leaf"
 FORMATS = ("plays", "tinyshakespeare", "leaf")
 PLAY_SUFFIX = "_gut.txt"
 FOLIO_SUFFIX = "_gut_f.txt"
@@ -353,32 +379,200 @@ def parse_tinyshakespeare(text: str) -> dict[str, list[str]]:
   return speeches
 
 
-def leaf_to_snippets(xs: Sequence[str], ys: Sequence[str]) -> list[str]:
-  """Chains LEAF sliding windows back into text.
+@dataclasses.dataclass(frozen=True)
+class LeafSamples:
+  """One user's LEAF samples, as `chain_windows` regroups them.
 
-  Consecutive examples overlap (x[i+1] == x[i][1:] + y[i]); a new snippet
-  starts wherever they do not. Every window of length len(x) over the
-  snippets, followed by its next character, gives back exactly the examples.
+  Attributes:
+    texts: Runs of two or more samples chained back into text: each
+      window of len(x) characters of a text, with the character after it,
+      is exactly one of the samples.
+    windows: The other samples, each as x + y (the last character is the
+      target, the ones before it its context).
+  """
+  texts: list[str]
+  windows: list[str]
+
+
+def chain_windows(xs: Sequence[str], ys: Sequence[str]) -> LeafSamples:
+  """Chains LEAF's sliding windows back into text, wherever they overlap.
+
+  Sample j follows sample i when x[j] == x[i][1:] + y[i] (the window
+  shifted by one); a text is a maximal run of such followers. The order of
+  the samples in the file does not matter (LEAF's sampling shuffles the
+  last user it takes), but it is kept where it chains: the next sample in
+  the file is preferred as the follower. Chaining is lossless: the windows
+  of len(x) + 1 characters of the texts, plus the lone windows, are the
+  samples again (as a multiset).
 
   Args:
-    xs: input windows.
+    xs: input windows, all of one length.
     ys: the character following each window.
 
   Returns:
-    The snippets, in order.
+    Texts (runs of >= 2 samples) and lone windows (x + y).
   """
-  snippets, parts, expected = [], None, None
-  for x, y in zip(xs, ys):
-    if parts is not None and x == expected:
-      parts.append(y)
+  n = len(xs)
+  by_x: dict[str, collections.deque] = {}
+  for j, x in enumerate(xs):
+    by_x.setdefault(x, collections.deque()).append(j)
+  follower = [-1] * n
+  followed = [False] * n
+  for i in range(n):
+    key = xs[i][1:] + ys[i]
+    if i + 1 < n and xs[i + 1] == key and not followed[i + 1]:
+      j = i + 1
     else:
-      if parts is not None:
-        snippets.append("".join(parts))
-      parts = [x, y]
-    expected = (x + y)[1:]
-  if parts is not None:
-    snippets.append("".join(parts))
-  return snippets
+      queue = by_x.get(key)
+      while queue and followed[queue[0]]:
+        queue.popleft()  # Followed for good; never a candidate again.
+      j = queue[0] if queue else -1
+    if j >= 0:
+      follower[i], followed[j] = j, True
+  texts, windows = [], []
+  visited = [False] * n
+  # Runs start at samples nobody follows; what is left are cycles
+  # (periodic text), cut at their first sample.
+  starts = [i for i in range(n) if not followed[i]] + list(range(n))
+  for start in starts:
+    if visited[start]:
+      continue
+    parts, i, length = [xs[start]], start, 0
+    while i >= 0 and not visited[i]:
+      visited[i] = True
+      parts.append(ys[i])
+      length += 1
+      i = follower[i]
+    if length == 1:
+      windows.append(parts[0] + parts[1])
+    else:
+      texts.append("".join(parts))
+  return LeafSamples(texts=texts, windows=windows)
+
+
+def bridge_texts(pieces: Sequence[str], min_overlap: int = OVERLAP_CONTEXT,
+                 max_overlap: int = LEAF_WINDOW
+                 ) -> list[tuple[str, list[int]]]:
+  """Merges pieces of one text that overlap by min..max_overlap characters.
+
+  When a few samples are missing from a run (LEAF's sample split of a
+  shuffled user leaves out every tenth one), the runs on either side still
+  overlap: after a gap of g samples, by 80 - g characters. Joining them
+  gives back the text the samples cover, so it is trained once rather than
+  once per run. The characters of the gap are in the samples' x already;
+  only their role as targets is new (`_unseen` keeps such test samples out
+  of evaluation). A piece whose end overlaps the start of several others
+  takes the longest overlap, then the earliest piece.
+
+  Args:
+    pieces: texts and windows of one user, each longer than max_overlap.
+    min_overlap: shortest overlap joined.
+    max_overlap: longest overlap joined (a piece never contains another:
+      chained runs end where no sample follows).
+
+  Returns:
+    (merged text, indices of its pieces in text order), in order of their
+    first piece.
+  """
+  n = len(pieces)
+  by_prefix: dict[str, list[int]] = {}
+  for j, piece in enumerate(pieces):
+    by_prefix.setdefault(piece[:min_overlap], []).append(j)
+  head = list(range(n))  # Union-find: a join must not close a cycle.
+
+  def find(i: int) -> int:
+    while head[i] != i:
+      head[i] = head[head[i]]
+      i = head[i]
+    return i
+
+  follower, followed = [0] * n, [False] * n
+  overlap = [0] * n
+  for i, piece in enumerate(pieces):
+    for length in range(min(max_overlap, len(piece) - 1), min_overlap - 1,
+                        -1):
+      suffix = piece[len(piece) - length:]
+      match = next((j for j in by_prefix.get(suffix[:min_overlap], ())
+                    if not followed[j] and len(pieces[j]) > length and
+                    pieces[j].startswith(suffix) and find(j) != find(i)),
+                   None)
+      if match is not None:
+        follower[i], followed[match], overlap[match] = match + 1, True, length
+        head[find(match)] = find(i)
+        break
+  merged = []
+  for start in range(n):
+    if followed[start]:
+      continue
+    parts, members, i = [pieces[start]], [start], follower[start] - 1
+    while i >= 0:
+      parts.append(pieces[i][overlap[i]:])
+      members.append(i)
+      i = follower[i] - 1
+    merged.append(("".join(parts), members))
+  return merged
+
+
+def regroup_samples(xs: Sequence[str], ys: Sequence[str]
+                    ) -> tuple[list[str], list[str], int, int]:
+  """A user's LEAF samples as texts and lone windows (x + y).
+
+  Samples are chained (`chain_windows`), runs a few samples apart are
+  joined (`bridge_texts`), and what then holds at least MIN_TEXT_SAMPLES
+  samples is a text, trained at every position; the samples of smaller
+  groups (mostly context: a text of k samples has k + 79 targets) stay
+  lone windows, trained on their one target.
+
+  Returns:
+    (texts, windows, number of gaps bridged inside the texts, characters
+    of text the samples cover).
+  """
+  chained = chain_windows(xs, ys)
+  pieces = chained.texts + chained.windows
+  texts, windows, bridged, covered = [], [], 0, 0
+  for text, members in bridge_texts(pieces):
+    covered += len(text)
+    count = sum(len(pieces[i]) - LEAF_WINDOW for i in members)
+    if count >= MIN_TEXT_SAMPLES:
+      texts.append(text)
+      bridged += len(members) - 1
+      continue
+    for i in members:
+      piece = pieces[i]
+      windows.extend(piece[k:k + LEAF_WINDOW + 1]
+                     for k in range(len(piece) - LEAF_WINDOW))
+  return texts, windows, bridged, covered
+
+
+def leaf_to_snippets(xs: Sequence[str], ys: Sequence[str]) -> list[str]:
+  """All of a user's samples as text: chained runs, then lone windows."""
+  samples = chain_windows(xs, ys)
+  return samples.texts + samples.windows
+
+
+def repeated_windows(windows: Sequence[str], texts: Iterable[str],
+                     context: int = OVERLAP_CONTEXT) -> list[bool]:
+  """Which windows' targets, with `context` chars before them, occur in texts.
+
+  A LEAF test sample whose last `context` + 1 characters occur anywhere in
+  the training text scores text the model has trained on (LEAF's sample
+  split does this whenever a user's samples were shuffled, and its iid
+  sampling always). Natural repeats of that length (refrains) count too.
+
+  Args:
+    windows: x + y strings.
+    texts: the training text (chained runs and windows).
+    context: characters before the target that must match too.
+
+  Returns:
+    One flag per window.
+  """
+  size = context + 1
+  seen = set()
+  for text in texts:
+    for i in range(len(text) - size + 1):
+      seen.add(hash(text[i:i + size]))
+  return [hash(w[-size:]) in seen for w in windows]
 
 
 # Loading.
@@ -389,11 +583,22 @@ class Corpus:
   """Parsed input: snippets per client, before any client is dropped."""
   format: str
   files: tuple[str, ...]  # Files read, in order.
-  clients: dict[str, list[str]]  # Client id -> snippets.
-  # LEAF: the test users' snippets; None means hold out whole clients.
+  clients: dict[str, list[str]]  # Client id -> snippets (LEAF: texts).
+  # LEAF: the test users' samples as windows (x + y); None means hold out
+  # whole clients.
   eval_clients: dict[str, list[str]] | None
   num_plays: int  # Files (plays) that yielded speech.
   skipped_files: tuple[str, ...]  # Files without any speech (poems).
+  # LEAF: each client's lone samples (x + y; see chain_windows).
+  windows: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+  # LEAF: "sample" (test users are training users too: LEAF's -t sample),
+  # "user" (disjoint: -t user) or "mixed".
+  split: str | None = None
+  # LEAF: each client's number of samples, of gaps bridged, and of
+  # characters of text its samples cover.
+  samples: dict[str, int] = dataclasses.field(default_factory=dict)
+  bridged: dict[str, int] = dataclasses.field(default_factory=dict)
+  chars: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def detect_format(data_dir: str) -> str:
@@ -495,7 +700,7 @@ def _read_text(path: str) -> str:
 
 
 def _load_leaf(files: list[str]) -> Corpus:
-  splits = {"train": {}, "test": {}}
+  samples = {"train": {}, "test": {}}  # Split -> client id -> (xs, ys).
   ids = {}  # LEAF user -> client id, shared by both splits.
   for path in files:
     split = os.path.basename(os.path.dirname(path))
@@ -503,15 +708,28 @@ def _load_leaf(files: list[str]) -> Corpus:
       if user not in ids:
         ids[user] = _unique_id(_CLIENT_ID_CHARS.sub("_", user).strip("_")
                                or "user", set(ids.values()))
-      snippets = leaf_to_snippets(xs, ys)
-      if snippets:
-        splits[split].setdefault(ids[user], []).extend(snippets)
-  if not splits["train"]:
+      if xs:
+        user_xs, user_ys = samples[split].setdefault(ids[user], ([], []))
+        user_xs.extend(xs)
+        user_ys.extend(ys)
+  if not samples["train"]:
     raise errors.DataFormatError(
         f"LEAF train files {files[0]}... hold no examples; regenerate them "
         "with LEAF's preprocess.sh")
-  return Corpus(format="leaf", files=tuple(files), clients=splits["train"],
-                eval_clients=splits["test"], num_plays=0, skipped_files=())
+  texts, windows, counts, bridged, chars = {}, {}, {}, {}, {}
+  for cid, (xs, ys) in samples["train"].items():
+    texts[cid], windows[cid], bridged[cid], chars[cid] = regroup_samples(
+        xs, ys)
+    counts[cid] = len(xs)
+  test = {cid: [x + y for x, y in zip(xs, ys)]
+          for cid, (xs, ys) in samples["test"].items()}
+  shared = set(test) & set(texts)
+  split = ("sample" if shared == set(test) else "user" if not shared
+           else "mixed")
+  return Corpus(format="leaf", files=tuple(files), clients=texts,
+                eval_clients=test, num_plays=0, skipped_files=(),
+                windows=windows, split=split, samples=counts,
+                bridged=bridged, chars=chars)
 
 
 def _unique_id(base: str, taken: set[str]) -> str:
@@ -566,11 +784,12 @@ def _read_leaf_file(path: str):
           f"LEAF file {path}: user {user!r} has {len(xs)} x but {len(ys)} "
           f"y entries; they must pair up one to one; {hint}")
     for i, (x, y) in enumerate(zip(xs, ys)):
-      if not isinstance(x, str) or not isinstance(y, str) or len(y) != 1:
+      if (not isinstance(x, str) or not isinstance(y, str) or len(y) != 1 or
+          len(x) != LEAF_WINDOW):
         raise errors.DataFormatError(
-            f"LEAF file {path}: user {user!r} example {i} is not a string "
-            f"x with a one-character y (x={str(x)[:20]!r}..., y={y!r}); "
-            f"{hint}")
+            f"LEAF file {path}: user {user!r} example {i} is not an "
+            f"{LEAF_WINDOW}-character string x with a one-character y "
+            f"(x={str(x)[:20]!r}..., y={y!r}); {hint}")
     yield user, xs, ys
 
 
@@ -589,6 +808,9 @@ class BuildStats:
   num_eval_chars: int
   num_dropped: int  # Clients below min_chars.
   num_skipped_files: int  # Input files without speech.
+  # LEAF: test samples not evaluated because they repeat training text.
+  num_eval_seen: int = 0
+  split: str | None = None  # LEAF's split (Corpus.split).
 
 
 def prepare(data_dir: str | None, shard_dir: str, num_clients: int = 0,
@@ -620,6 +842,8 @@ def prepare(data_dir: str | None, shard_dir: str, num_clients: int = 0,
                "below %d chars, %d input files without speech",
                len(stats.client_chars), stats.num_eval_clients,
                stats.num_dropped, min_chars, stats.num_skipped_files)
+  if stats.format == "leaf":
+    logging.info("shakespeare eval: %s", describe_eval(manifest))
   return manifest
 
 
@@ -640,13 +864,18 @@ def find_or_prepare(data_dir: str | None, shard_dir: str,
   wanted_source = _source_record(data_dir, detect_format(data_dir),
                                  num_clients, eval_fraction, min_chars)
   manifest = shards.load_if_matching(
-      shard_dir, lambda manifest: (manifest.task == TASK and manifest.source == wanted_source and
+      shard_dir, lambda manifest: (manifest.task == TASK and _request_of(manifest) == wanted_source and
                                   manifest.partition.get("method") == "natural" and
                                   manifest.partition.get("seed") == seed))
   if manifest is not None:
     return manifest
   return prepare(data_dir, shard_dir, num_clients, eval_fraction, min_chars,
                  seed)
+
+
+def _request_of(manifest: shards.Manifest) -> dict:
+  """The source record without what the build found (LEAF's stats)."""
+  return {k: v for k, v in manifest.source.items() if k != LEAF_STATS}
 
 
 def build(data_dir: str | None, shard_dir: str, num_clients: int,
@@ -656,7 +885,9 @@ def build(data_dir: str | None, shard_dir: str, num_clients: int,
   data_dir = _resolve(data_dir)
   _check_request(num_clients, eval_fraction, min_chars)
   corpus = load(data_dir)
-  chars = {cid: sum(map(len, s)) for cid, s in corpus.clients.items()}
+  leaf = corpus.format == "leaf"
+  chars = corpus.chars if leaf else {
+      cid: sum(map(len, s)) for cid, s in corpus.clients.items()}
   kept = sorted(cid for cid, n in chars.items() if n >= min_chars)
   num_dropped = len(chars) - len(kept)
   if not kept:
@@ -683,28 +914,100 @@ def build(data_dir: str | None, shard_dir: str, num_clients: int,
              else "") + "); use fewer clients or --num_clients=0 for all")
     largest = sorted(train, key=lambda cid: (-chars[cid], cid))
     train = sorted(largest[:num_clients])
-  clients = ((cid, {"snippet": np.array(corpus.clients[cid], dtype=object)})
-             for cid in train)
-  eval_examples = ({"snippet": np.array(eval_snippets, dtype=object)}
-                   if eval_snippets else None)
+  source = _source_record(data_dir, corpus.format, num_clients,
+                          eval_fraction, min_chars)
+  num_eval_seen = 0
+  if leaf:
+    eval_snippets, num_eval_seen = _unseen(
+        eval_snippets, [corpus.clients[c] + corpus.windows[c] for c in train],
+        corpus.split, data_dir)
+    source[LEAF_STATS] = _leaf_stats(corpus, train, eval_snippets,
+                                     num_eval_seen)
+  clients = ((cid, _columns(corpus.clients[cid], corpus.windows.get(cid),
+                            leaf)) for cid in train)
+  eval_examples = (_columns([], eval_snippets, leaf) if leaf else
+                   _columns(eval_snippets, None, leaf)) if eval_snippets else None
   manifest = shards.write_shards(
-      shard_dir, TASK, FEATURES_SPEC, clients, eval_examples,
-      num_classes=None,
+      shard_dir, TASK, LEAF_FEATURES_SPEC if leaf else FEATURES_SPEC,
+      clients, eval_examples, num_classes=None,
       partition={"method": "natural", "alpha": None,
                  "num_clients": len(train), "seed": seed},
-      source=_source_record(data_dir, corpus.format, num_clients,
-                            eval_fraction, min_chars),
-      label_key=None)
+      source=source, label_key=None)
   stats = BuildStats(
       format=corpus.format, num_plays=corpus.num_plays,
       client_chars=tuple(chars[cid] for cid in train),
-      num_snippets=sum(len(corpus.clients[cid]) for cid in train),
+      num_snippets=sum(len(corpus.clients[cid]) +
+                       len(corpus.windows.get(cid, ())) for cid in train),
       num_eval_clients=num_eval_clients,
       num_eval_snippets=len(eval_snippets),
       num_eval_chars=sum(map(len, eval_snippets)),
       num_dropped=num_dropped,
-      num_skipped_files=len(corpus.skipped_files))
+      num_skipped_files=len(corpus.skipped_files),
+      num_eval_seen=num_eval_seen, split=corpus.split)
   return manifest, stats
+
+
+def _columns(texts: list[str], windows: list[str] | None,
+             leaf: bool) -> dict[str, np.ndarray]:
+  """Shard columns: texts, then (LEAF) lone windows flagged "window"."""
+  if not leaf:
+    return {"snippet": np.array(texts, dtype=object)}
+  windows = windows or []
+  return {"snippet": np.array(texts + windows, dtype=object),
+          "window": np.array([0] * len(texts) + [1] * len(windows),
+                             dtype=np.int64)}
+
+
+def _unseen(test_windows: list[str], train_texts: list[list[str]],
+            split: str | None, data_dir: str) -> tuple[list[str], int]:
+  """The LEAF test samples whose text was not trained on, and how many were."""
+  seen = repeated_windows(test_windows,
+                          (t for texts in train_texts for t in texts))
+  kept = [w for w, s in zip(test_windows, seen) if not s]
+  if test_windows and not kept:
+    raise errors.DataPrepError(
+        f"all {len(test_windows)} LEAF test samples in {data_dir} repeat "
+        f"training text ({split} split), so evaluation would score "
+        "memorized text; regenerate with LEAF's user split (preprocess.sh "
+        "-t user)")
+  return kept, len(test_windows) - len(kept)
+
+
+def _leaf_stats(corpus: Corpus, train: list[str], test_windows: list[str],
+                num_seen: int) -> dict:
+  """What the LEAF shards hold, for the manifest and the training logs."""
+  texts = [t for c in train for t in corpus.clients[c]]
+  return {
+      "split": corpus.split,
+      "train_samples": sum(corpus.samples[c] for c in train),
+      "texts": len(texts),
+      "text_chars": sum(map(len, texts)),
+      "bridged_gaps": sum(corpus.bridged[c] for c in train),
+      "lone_samples": sum(len(corpus.windows[c]) for c in train),
+      "test_samples": len(test_windows) + num_seen,
+      "test_samples_seen": num_seen,
+      "overlap_context": OVERLAP_CONTEXT,
+  }
+
+
+def describe_eval(manifest: shards.Manifest) -> str:
+  """What the held-out accuracy of these shards measures, in one line."""
+  stats = manifest.source.get(LEAF_STATS)
+  if manifest.source.get("format") != "leaf" or stats is None:
+    return ("held-out roles (whole clients never trained on), every "
+            "character of their speeches")
+  evaluated = stats["test_samples"] - stats["test_samples_seen"]
+  what = {"user": "LEAF user split: test users never trained on",
+          "sample": "LEAF sample split: other samples of the training users",
+          "mixed": "LEAF split with some test users also training"}[
+              stats["split"]]
+  seen = ""
+  if stats["test_samples_seen"]:
+    seen = (f"; {stats['test_samples_seen']} test samples whose target and "
+            f"the {stats['overlap_context']} characters before it occur in "
+            "the training text are not scored")
+  return (f"{what}; next character after each 80-character window, "
+          f"{evaluated} of {stats['test_samples']} test samples{seen}")
 
 
 def _resolve(data_dir: str | None) -> str:
@@ -752,6 +1055,8 @@ def _source_record(data_dir: str, data_format: str, num_clients: int,
       "requested_num_clients": num_clients,
       "eval_fraction": eval_fraction if data_format != "leaf" else None,
       "min_chars": min_chars,
+      # LEAF shards before this encoding were sequences of every window.
+      **({"leaf_encoding": LEAF_ENCODING} if data_format == "leaf" else {}),
   }
 
 
@@ -768,7 +1073,9 @@ def summary(manifest: shards.Manifest, stats: BuildStats,
           f"snippets, {sum(sizes)} chars (per client min {min(sizes)} / "
           f"median {median:.10g} / max {max(sizes)}); eval "
           f"{stats.num_eval_snippets} snippets, {stats.num_eval_chars} chars "
-          f"-> {manifest.shard_dir} in {seconds:.1f} s")
+          f"-> {manifest.shard_dir} in {seconds:.1f} s"
+          + (f"; eval: {describe_eval(manifest)}" if stats.format == "leaf"
+             else ""))
 
 
 # Command line.

@@ -173,6 +173,26 @@ def _write_leaf_file(path, user_snippets):
                "user_data": user_data}, f)
 
 
+def _write_leaf_samples(path, user_samples):
+  """A LEAF file of the given (xs, ys) per user, in the given order."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump({"users": list(user_samples),
+               "num_samples": [len(ys) for _, ys in user_samples.values()],
+               "user_data": {u: {"x": xs, "y": ys}
+                             for u, (xs, ys) in user_samples.items()}}, f)
+
+
+def _random_text(length: int, seed: int) -> str:
+  """Text without long repeats: random letters and spaces."""
+  rng = np.random.default_rng(seed)
+  return "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz  "), length))
+
+
+def _windows81(text: str) -> list[str]:
+  return [text[i:i + 81] for i in range(len(text) - 80)]
+
+
 def _snippets(manifest, info):
   return [s.decode("utf-8")
           for s in shards.read_numpy(manifest, info)["snippet"]]
@@ -320,6 +340,70 @@ class LeafTest(absltest.TestCase):
     self.assertEqual(_leaf_windows(snippets), (xs, ys))
     self.assertEqual(shakespeare.leaf_to_snippets([], []), [])
 
+  def test_shuffled_windows_chain_back_into_the_text(self):
+    # LEAF's sampling shuffles the last user it takes.
+    text = _random_text(300, seed=1)
+    xs, ys = _leaf_windows([text])
+    order = np.random.default_rng(0).permutation(len(xs))
+    chained = shakespeare.chain_windows([xs[i] for i in order],
+                                        [ys[i] for i in order])
+    self.assertEqual(chained.texts, [text])
+    self.assertEqual(chained.windows, [])
+
+  def test_windows_that_chain_with_nothing_stay_lone(self):
+    text = _random_text(1000, seed=2)
+    xs, ys = _leaf_windows([text])
+    picks = [0, 200, 201, 500]  # 200 and 201 chain: 81 + 1 characters.
+    chained = shakespeare.chain_windows([xs[i] for i in picks],
+                                        [ys[i] for i in picks])
+    self.assertEqual(chained.texts, [text[200:282]])
+    self.assertEqual(chained.windows, [text[0:81], text[500:581]])
+
+  def test_chaining_is_lossless_on_repeated_text(self):
+    # Periodic text: many windows share x; every sample must come back once.
+    text = "ab" * 70 + _random_text(100, seed=3) + "ab" * 60
+    xs, ys = _leaf_windows([text, "ab" * 50])
+    chained = shakespeare.chain_windows(xs, ys)
+    back = [w for t in chained.texts for w in _windows81(t)]
+    self.assertCountEqual(back + chained.windows,
+                          [x + y for x, y in zip(xs, ys)])
+
+  def test_gaps_of_a_few_samples_are_bridged(self):
+    # LEAF's sample split of a shuffled user leaves every tenth out; after a
+    # gap of g samples the runs still overlap by 80 - g characters.
+    text = _random_text(400, seed=4)
+    xs, ys = _leaf_windows([text])
+    missing = {10, 50, 51, 52, 100} | set(range(200, 250))  # Gap 50: < 40.
+    kept = [i for i in range(len(xs)) if i not in missing]
+    texts, windows, bridged, covered = shakespeare.regroup_samples(
+        [xs[i] for i in kept], [ys[i] for i in kept])
+    # Samples 0..199 cover text[0:280]; 250..319 cover text[250:400].
+    self.assertEqual(texts, [text[0:280], text[250:400]])
+    self.assertEqual(windows, [])
+    self.assertEqual(bridged, 3)
+    self.assertEqual(covered, 280 + 150)
+
+  def test_small_groups_become_lone_windows(self):
+    text = _random_text(600, seed=5)
+    xs, ys = _leaf_windows([text])
+    picks = list(range(100, 107)) + [300]  # A run of 7 < MIN_TEXT_SAMPLES.
+    self.assertEqual(shakespeare.MIN_TEXT_SAMPLES, 8)
+    texts, windows, bridged, covered = shakespeare.regroup_samples(
+        [xs[i] for i in picks], [ys[i] for i in picks])
+    self.assertEqual(texts, [])
+    self.assertEqual(windows, [text[i:i + 81] for i in picks])
+    self.assertEqual((bridged, covered), (0, 87 + 81))
+
+  def test_repeated_windows(self):
+    train = _random_text(300, seed=6)
+    other = _random_text(300, seed=7)
+    windows = [train[10:91],  # Inside the training text.
+               other[0:40] + train[100:141],  # Last 41 characters seen.
+               other[0:41] + train[100:140],  # Only 40: not seen.
+               other[100:181]]
+    self.assertEqual(shakespeare.repeated_windows(windows, [train]),
+                     [True, True, False, False])
+
   def test_prepare_round_trip(self):
     self.assertEqual(shakespeare.detect_format(self.leaf_dir), "leaf")
     shard_dir = os.path.join(self.root, "shards")
@@ -332,14 +416,71 @@ class LeafTest(absltest.TestCase):
     self.assertEqual(
         _snippets(manifest, manifest.client("THE_TRAGEDY_OF_HAMLET_HAMLET")),
         self.train["THE_TRAGEDY_OF_HAMLET_HAMLET"])
+    # Test samples are scored one by one, as LEAF scores them.
+    xs, ys = _leaf_windows([s for v in self.test.values() for s in v])
     self.assertEqual(_snippets(manifest, manifest.eval),
-                     [s for v in self.test.values() for s in v])
+                     [x + y for x, y in zip(xs, ys)])
+    self.assertEqual(set(shards.read_numpy(manifest, manifest.eval)["window"]),
+                     {1})
     self.assertEqual(manifest.partition, {"method": "natural", "alpha": None,
                                           "num_clients": 2, "seed": 0})
     self.assertEqual(manifest.source["format"], "leaf")
     self.assertIsNone(manifest.source["eval_fraction"])
     self.assertIsNone(manifest.num_classes)
-    self.assertEqual(manifest.features, shakespeare.FEATURES_SPEC)
+    self.assertEqual(manifest.features, shakespeare.LEAF_FEATURES_SPEC)
+    self.assertEqual(manifest.source["leaf"]["split"], "sample")
+    self.assertEqual(manifest.source["leaf"]["test_samples_seen"], 0)
+    self.assertEqual(manifest.source["leaf"]["test_samples"], len(xs))
+    # Reused as long as the request is the same.
+    self.assertEqual(shakespeare.find_or_prepare(self.leaf_dir, shard_dir),
+                     manifest)
+
+  def test_test_samples_that_repeat_training_text_are_not_scored(self):
+    text = _random_text(600, seed=8)
+    xs, ys = _leaf_windows([text])
+    # Like LEAF's sample split of a shuffled user: the test samples lie
+    # between training ones; sample 479 lies after the training text.
+    test_ids = set(range(5, 400, 10))
+    leaf_dir = os.path.join(self.root, "shuffled")
+    for split, ids in (("train", [i for i in range(400)
+                                  if i not in test_ids]),
+                       ("test", sorted(test_ids) + [479])):
+      _write_leaf_samples(os.path.join(leaf_dir, split, "a.json"),
+                          {"ROMEO": ([xs[i] for i in ids],
+                                     [ys[i] for i in ids])})
+    manifest = shakespeare.prepare(leaf_dir, os.path.join(self.root, "s"))
+    # Every test sample but the last lies inside the training text.
+    self.assertEqual(_snippets(manifest, manifest.eval), [xs[479] + ys[479]])
+    self.assertEqual(_snippets(manifest, manifest.client("ROMEO")),
+                     [text[:480]])
+    stats = manifest.source["leaf"]
+    self.assertEqual((stats["test_samples"], stats["test_samples_seen"]),
+                     (len(test_ids) + 1, len(test_ids)))
+    self.assertEqual(stats["bridged_gaps"], len(test_ids))
+    self.assertIn(f"1 of {len(test_ids) + 1} test samples",
+                  shakespeare.describe_eval(manifest))
+
+  def test_user_split_is_named(self):
+    leaf_dir = os.path.join(self.root, "by_user")
+    _write_leaf_file(os.path.join(leaf_dir, "train", "a.json"),
+                     {"A": [testing.speech("A", 0)]})
+    _write_leaf_file(os.path.join(leaf_dir, "test", "a.json"),
+                     {"B": [testing.speech("B", 0)]})
+    manifest = shakespeare.prepare(leaf_dir, os.path.join(self.root, "u"))
+    self.assertEqual(manifest.source["leaf"]["split"], "user")
+    self.assertTrue(shakespeare.describe_eval(manifest).startswith(
+        "LEAF user split: test users never trained on"))
+
+  def test_all_test_samples_seen_is_an_error(self):
+    leaf_dir = os.path.join(self.root, "leaky")
+    text = _random_text(300, seed=9)
+    _write_leaf_file(os.path.join(leaf_dir, "train", "a.json"), {"A": [text]})
+    _write_leaf_file(os.path.join(leaf_dir, "test", "a.json"),
+                     {"A": [text[50:200]]})
+    with self.assertRaisesRegex(errors.DataPrepError,
+                                r"all 70 LEAF test samples .* repeat training "
+                                r"text \(sample split\).*-t user"):
+      shakespeare.prepare(leaf_dir, os.path.join(self.root, "l"))
 
   def test_truncated_json_names_file_line_and_column(self):
     path = os.path.join(self.leaf_dir, "train", "a.json")
@@ -377,8 +518,12 @@ class LeafTest(absltest.TestCase):
     for content, message in (
         ([], r"lacks a \"user_data\" object"),
         ({"users": ["A"], "user_data": {}}, r"user 'A' is listed"),
-        ({"users": ["A"], "user_data": {"A": {"x": ["ab"], "y": ["cd"]}}},
-         r"user 'A' example 0 is not a string x with a one-character y")):
+        ({"users": ["A"], "user_data": {"A": {"x": ["a" * 80],
+                                              "y": ["cd"]}}},
+         r"user 'A' example 0 is not an 80-character string x with a "
+         r"one-character y"),
+        ({"users": ["A"], "user_data": {"A": {"x": ["ab"], "y": ["c"]}}},
+         r"user 'A' example 0 is not an 80-character string x")):
       with open(path, "w", encoding="utf-8") as f:
         json.dump(content, f)
       with self.assertRaisesRegex(errors.DataFormatError, message):

@@ -57,6 +57,8 @@ from data_prep.manifest import (  # pylint: disable=unused-import  (re-exported)
     manifest_from_json,
     write_manifest,
     verify_shards,
+    ShardVerifier,
+    verify_eval,
     _manifest_json,
     _write_text,
     _sha256,

@@ -233,6 +233,8 @@ def run(config: TrainConfig,
         'mean_round_seconds': sum(round_seconds) / max(1, len(round_seconds)),
         'resumed_from_round': first_round - 1 if config.resume else None,
     }
+    if task.eval_note:
+      summary['eval_note'] = task.eval_note
     if privacy_row is not None:
       summary['privacy'] = privacy_row.ledger.after(config.rounds)
     weights = process.get_model_weights(result.state)

@@ -132,7 +132,7 @@ def bind_task(config: TrainConfig, manifest: shards.Manifest
               ) -> task_base.Task:
   """The config's task on prepared shards (local, or the pods')."""
   return tasks.bind(config.task, manifest, config.model, config.seed,
-                    config.weight_decay)
+                    config.weight_decay, config.precision)
 
 
 def load_task(config: TrainConfig) -> task_base.Task:
@@ -433,8 +433,12 @@ class LocalSetup:
     self.config = config
     local_runtime.ensure_local_runtime(config.clients_per_round)
     self.task = self.eval_task = load_task(config)
-    # Fail fast, naming the file, rather than deep inside a TFF round.
-    shards.verify_shards(self.task.manifest)
+    # Fail naming the file rather than deep inside a TFF round: all shards
+    # now if there are few, else each when first sampled (start-up time
+    # must not grow with the population).
+    shards.verify_eval(self.task.manifest)
+    self._verifier = shards.ShardVerifier(self.task.manifest)
+    self._verifier.verify_if_few()
     self._mask_root: Optional[str] = None
 
   def evaluator(self) -> rounds.Evaluator:
@@ -446,14 +450,15 @@ class LocalSetup:
 
   def round_runner(self, process) -> rounds.RoundRunner:
     if not is_secure(self.config):
-      return rounds.LocalRound(process)
+      return rounds.CheckedRound(rounds.LocalRound(process),
+                                 self._verifier.verify)
     # Scratch, not results: a round's mask lives until its sum is taken.
     self._mask_root = secure_round.scratch_mask_root()
-    return secure_round.LocalSecureRound(
+    return rounds.CheckedRound(secure_round.LocalSecureRound(
         secure_form.SecureForm(process.next, len(self.task.manifest.clients),
                                self._mask_root),
         self._mask_root, set_participants=noise_shares(self.config),
-        policy=secagg_policy(self.config))
+        policy=secagg_policy(self.config)), self._verifier.verify)
 
   def close(self) -> None:
     if self._mask_root is not None:

@@ -49,7 +49,9 @@ def main(argv: list[str]) -> int:
            'task': config.task}
     if not _KEY_ONLY.value:
       manifest = plan.prepare_shards(config)
-      shards.verify_shards(manifest)
+      # Large populations are verified where their shards are used.
+      shards.verify_eval(manifest)
+      shards.ShardVerifier(manifest).verify_if_few()
       out.update(shard_dir=manifest.shard_dir, clients=len(manifest.clients))
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)

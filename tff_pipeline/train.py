@@ -72,6 +72,8 @@ def main(argv: list[str]) -> int:
     print(api.describe_export(result.exported), file=sys.stderr)
   else:
     print(f'warning: {result.summary["model"]["problem"]}', file=sys.stderr)
+  if result.summary.get('eval_note'):
+    print(f'eval: {result.summary["eval_note"]}', file=sys.stderr)
   spent = result.summary.get('privacy')
   if spent:
     epsilon = spent['epsilon']

@@ -413,6 +413,9 @@ class DistributedRound:
                 'elements': [[name, not _is_per_client(t)]
                              for name, t in self._elements],
                 'pods': {pod: len(indices) for pod, indices in pods.items()},
+                # Each pod checks these clients' shards before training.
+                'pod_clients': {pod: [client_ids[j] for j in indices]
+                                for pod, indices in pods.items()},
                 'timeout': self._timeout}
       if secagg is not None:
         header['secagg'] = {'tag': secagg['tag'],

@@ -82,8 +82,15 @@ _THREADS = flags.DEFINE_integer(
 _MAX_CALLS = flags.DEFINE_integer(
     'max_concurrent_computation_calls', -1,
     'Cap on concurrent computations in the executor (-1: no cap).')
-_VERIFY = flags.DEFINE_bool('verify_shards', True,
-                            'Check every shard sha256 at start.')
+_VERIFY = flags.DEFINE_bool(
+    'verify_shards', True,
+    'Check shards (size and sha256): all at start if the pod holds at most '
+    f'{manifest_lib.VERIFY_AT_START_MAX} clients, else each when first '
+    'sampled (POST /control/verify from the edge server).')
+_VERIFY_AT_START_MAX = flags.DEFINE_integer(
+    'verify_at_start_max', manifest_lib.VERIFY_AT_START_MAX,
+    'With --verify_shards: check every shard at start if the pod holds at '
+    'most this many clients; else each when first sampled.')
 _TLS_DIR = flags.DEFINE_string(
     'tls_dir', '', 'Folder with ca.crt and <name>.crt/.key: serve only '
     'mutual TLS on --port (nginx in front of the executor).')
@@ -136,7 +143,8 @@ class EdgePod:
                tls: Optional[tls_lib.TlsFiles] = None,
                executor_port: int = 0, run_dir: str = '',
                insecure: bool = False, health_host: Optional[str] = None,
-               secagg_policy=None, secagg_state: str = ''):
+               secagg_policy=None, secagg_state: str = '',
+               verify_at_start_max: int = manifest_lib.VERIFY_AT_START_MAX):
     if tls is None and not insecure:
       raise UserError(f'edge pod {name}: no TLS files; give --tls_dir, or '
                       '--insecure to serve plaintext on a trusted network')
@@ -145,9 +153,14 @@ class EdgePod:
                       'each other; drop one')
     self.name = name
     self.manifest = manifest_lib.load_manifest(data_dir)
-    if verify:
-      manifest_lib.verify_shards(self.manifest)
-    self.held_out_clients = self._held_out_clients(verify)
+    held_out = manifest_lib.load_held_out(self.manifest)
+    self.held_out_clients = self._held_out_clients(held_out)
+    # Start-up does no per-client work beyond reading the manifest unless
+    # the pod holds few clients (then a bad shard stops it at once).
+    self._verifier = (manifest_lib.ShardVerifier(self.manifest, held_out)
+                      if verify else None)
+    if self._verifier is not None:
+      self._verifier.verify_if_few(verify_at_start_max)
     try:
       self.secagg = secagg_pod.PodParty(
           name, self.manifest.shard_dir,
@@ -175,7 +188,8 @@ class EdgePod:
         '/control/secagg/round': self.metrics.wrap_route(
             'secagg_round', self.secagg.round),
         '/control/secagg/mask': self.metrics.wrap_route(
-            'secagg_mask', self.secagg.mask)}
+            'secagg_mask', self.secagg.mask),
+        '/control/verify': self.metrics.wrap_route('verify', self._verify)}
     self._terminator = None
     self._control = None
     if tls is None:
@@ -212,13 +226,11 @@ class EdgePod:
     return (200 if ready else 503), {'pod': self.name, 'ready': ready,
                                      'clients': len(self.manifest.clients)}
 
-  def _held_out_clients(self, verify: bool) -> list[str]:
+  def _held_out_clients(self, held_out: Optional[manifest_lib.Manifest]
+                        ) -> list[str]:
     """Clients with held-out shards in held_out/ (evaluated on this pod)."""
-    held_out = manifest_lib.load_held_out(self.manifest)
     if held_out is None:
       return []
-    if verify:
-      manifest_lib.verify_shards(held_out)
     strangers = sorted(set(held_out.client_ids()) - set(self.manifest.client_ids()))
     if strangers:
       raise DataPrepError(
@@ -231,6 +243,21 @@ class EdgePod:
     return 200, {'pod': self.name, 'manifest': self._manifest_raw,
                  'secagg': self.secagg.describe(),
                  'held_out_clients': self.held_out_clients}
+
+  def _verify(self, request):
+    """Verifies the shards of request['clients'] not verified yet."""
+    clients = [str(c) for c in (request or {}).get('clients') or []]
+    foreign = sorted(set(clients) - set(self.manifest.client_ids()))
+    if foreign:
+      return 409, {'error': f'clients {foreign[:5]} '
+                            f'{manifest_lib.NOT_HELD_MARKER}'}
+    if self._verifier is None:
+      return 200, {'verified': 0}
+    try:
+      return 200, {'verified': self._verifier.verify(clients)}
+    except DataPrepError as e:
+      logging.error('%s: %s', self.name, e)
+      return 409, {'error': str(e)}
 
   def start(self) -> 'EdgePod':
     self._worker.start()
@@ -316,7 +343,8 @@ def main(argv: list[str]) -> int:
                                             ca_dir=_CA_DIR.value or None)
                   if _TLS_DIR.value else None,
                   _EXECUTOR_PORT.value, _RUN_DIR.value, _INSECURE.value,
-                  _HEALTH_HOST.value, policy, _SECAGG_STATE.value)
+                  _HEALTH_HOST.value, policy, _SECAGG_STATE.value,
+                  _VERIFY_AT_START_MAX.value)
     pod.start()
     if _METRICS_PORT.value:
       metrics_lib.serve(_METRICS_PORT.value, pod.metrics.registry,

@@ -236,6 +236,23 @@ class EdgePodTest(absltest.TestCase):
     self.assertIn('error: edge pod', result.stderr)
 
 
+  def test_large_pods_verify_each_shard_when_it_is_first_sampled(self):
+    data_dir = _shard_dir()
+    with open(os.path.join(data_dir, 'clients', 'c1.tfrecord'), 'r+b') as f:
+      f.write(b'\xff\xff')
+    # More clients than --verify_at_start_max: it starts without hashing.
+    _, address = self._start(data_dir, '--verify_at_start_max=2')
+    verify = lambda clients: tls.http_post_json(address, '/control/verify',
+                                                {'clients': clients})
+    self.assertEqual(verify(['c0', 'c2']), (200, {'verified': 2}))
+    self.assertEqual(verify(['c0']), (200, {'verified': 0}))
+    status, body = verify(['c0', 'c1'])
+    self.assertEqual(status, 409)
+    self.assertIn('c1.tfrecord is corrupt', body['error'])
+    status, body = verify(['c9'])
+    self.assertEqual(status, 409)
+    self.assertIn(executor_client.NOT_HELD_MARKER, body['error'])
+
   def _with_held_out(self, client_ids):
     data_dir = _shard_dir()
     shards.write_shards(

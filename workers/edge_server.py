@@ -304,6 +304,27 @@ class EdgeServer:
                          'kind': e.kind, 'error': e.detail})
     return {'replies': replies, 'failures': failures}, {}
 
+  def _verify_clients(self, pod: str, clients: list[str],
+                      timeout: Optional[float]) -> None:
+    """Has `pod` check its sampled clients' shards; raises on failure."""
+    address = self._control_address(self._pods[pod])
+    try:
+      status, body = tls_lib.http_post_json(
+          address, '/control/verify', {'clients': clients}, self._tls,
+          timeout=timeout or 600.0, server_name=pod)
+    except OSError as e:
+      kind = 'timeout' if isinstance(e, TimeoutError) else 'unavailable'
+      raise executor_client.ExecutorError(
+          address, kind, f'shard check: {e}') from None
+    if status == 404:
+      return  # A pod from before /control/verify: it verified at start.
+    if status != 200:
+      error = str((body or {}).get('error', body))
+      kind = ('not_held' if executor_client.NOT_HELD_MARKER in error
+              else 'error')
+      raise executor_client.ExecutorError(
+          address, kind, f'shard check: HTTP {status}: {error}')
+
   def run(self, header: dict[str, Any], blobs: dict[str, bytes]):
     """Runs up_to_merge on the named pods and merges their partials."""
     try:
@@ -335,10 +356,17 @@ class EdgeServer:
       if not isinstance(masks, dict) or set(masks) != set(pod_clients):
         raise _bad_request('Run: secagg header needs masks {pod: forwarded '
                            'shares} for exactly the pods of the call')
+    # Client ids per pod (coordinators before this field send none).
+    clients_of = header.get('pod_clients') or {}
+    if not isinstance(clients_of, dict) or not all(
+        isinstance(ids, list) for ids in clients_of.values()):
+      raise _bad_request('Run: pod_clients must be {pod: [client id, ...]}')
 
     def run_pod(pod: str):
       with (self._slots.hold() if self._slots else contextlib.nullcontext()):
         start = time.monotonic()
+        if pod in clients_of:
+          self._verify_clients(pod, clients_of[pod], timeout)
         if secagg is not None:
           # The pod writes its mask; the computation below adds it.
           self._post_secagg(pod, '/control/secagg/mask', masks[pod], timeout)

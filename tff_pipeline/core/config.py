@@ -42,6 +42,7 @@ ALGORITHMS = ('fedavg', 'fedprox')
 EXECUTORS = ('local', 'remote')
 CLIENT_SAMPLINGS = ('auto', 'uniform', 'poisson')
 TRACKERS = ('tensorboard', 'mlflow', 'wandb')
+PRECISIONS = ('fp32', 'bf16')
 
 
 def _opt(
@@ -170,6 +171,11 @@ class TrainConfig:
                     'package.module:function (your own Keras classifier, '
                     'function(input_shape, num_classes)); other tasks name '
                     'their own.', names='models')
+  precision: str = _opt(
+      'fp32', 'model_args',
+      'Client and evaluation compute: fp32, or bf16 (Keras mixed_bfloat16: '
+      'bfloat16 layers, float32 variables, output layer, updates and '
+      'aggregation).', choices=PRECISIONS)
   # train_args
   algorithm: str = _opt(
       'fedavg', 'train_args',

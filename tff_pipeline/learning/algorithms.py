@@ -17,6 +17,7 @@ import tensorflow_federated as tff
 
 from tff_pipeline.aggregation import exact_sum
 from tff_pipeline.learning import client_data
+from tff_pipeline.learning import example_weights
 from tff_pipeline.learning import fedprox
 from tff_pipeline.tasks.base import Task
 
@@ -33,12 +34,15 @@ def model_fn_for(task: Task) -> Callable[[], tff.learning.models.VariableModel]:
   input_spec = task.input_spec
 
   def model_fn() -> tff.learning.models.VariableModel:
-    return tff.learning.models.from_keras_model(
+    model = tff.learning.models.from_keras_model(
         task.model_builder(),
         input_spec=input_spec,
         loss=task.loss_builder(),
         metrics=task.metrics_builder(),
     )
+    if task.example_count is not None:
+      return example_weights.counted(model, task.example_count)
+    return model
 
   return model_fn
 

@@ -21,6 +21,10 @@ from tff_pipeline.learning import checkpoint
 from tff_pipeline.learning import metrics_io
 from tff_pipeline.learning import rounds as rounds_lib
 
+# Rows name the clients of a round up to this many; beyond, they carry how
+# many (`<field>_count`), so a row stays small at 1,000 clients per round.
+MAX_LISTED_IDS = 100
+
 # (round, the process output's metrics or None) -> fields for the row.
 Annotator = Callable[[int, Optional[Any]], dict[str, Any]]
 # Called with each round's row once it is saved.
@@ -85,32 +89,42 @@ def _party_counts(summary: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
+def ids_field(name: str, ids: Sequence[str],
+              limit: int = MAX_LISTED_IDS) -> dict[str, Any]:
+  """{name: ids} for at most `limit` ids, else {name + '_count': len(ids)}.
+
+  A negative limit never lists them (DP runs release counts, not ids).
+  """
+  if len(ids) <= limit:
+    return {name: list(ids)}
+  return {f'{name}_count': len(ids)}
+
+
 def _report_fields(report: Optional[rounds_lib.RoundReport],
                    release_ids: bool, sampled: Sequence[str]
                    ) -> dict[str, Any]:
   if report is None:
     return {}
-  failures = report.failures
-  if not release_ids:
-    failures = []
-    for failure in report.failures:
-      failure = dict(failure)
-      ids = failure.pop('clients', None)
-      if ids is not None:
-        failure['clients_count'] = len(ids)
-      if isinstance(failure.get('error'), str):  # A path may name a client.
-        failure['error'] = _without_ids(failure['error'], sampled)
-      failures.append(failure)
+  limit = MAX_LISTED_IDS if release_ids else -1
+  failures = []
+  for failure in report.failures:
+    failure = dict(failure)
+    ids = failure.pop('clients', None)
+    if ids is not None:
+      failure.update(ids_field('clients', ids, limit))
+    if not release_ids and isinstance(failure.get('error'), str):
+      # A path may name a client.
+      failure['error'] = _without_ids(failure['error'], sampled)
+    failures.append(failure)
   fields = {'failures': failures, 'network': report.network(),
             'pod_seconds': report.pod_seconds}
   if report.participants is not None:
-    if release_ids:
-      fields['participants'] = report.participants
-    else:
-      fields['participants_count'] = len(report.participants)
+    fields.update(ids_field('participants', report.participants, limit))
   if getattr(report, 'secagg', None) is not None:
     # Locally the SecAgg+ parties are the clients: counts, as above.
-    fields['secagg'] = (report.secagg if release_ids
+    names = max((len(value) for value in report.secagg.values()
+                 if isinstance(value, (list, tuple, dict))), default=0)
+    fields['secagg'] = (report.secagg if names <= limit
                         else _party_counts(report.secagg))
   if getattr(report, 'skipped', ''):
     fields['skipped'] = report.skipped
@@ -135,7 +149,8 @@ def run(process: tff.learning.templates.LearningProcess, state: Any,
   Args:
     release_ids: False (DP runs): rows carry how many clients were sampled
       and took part (`clients_count`, `participants_count`, failures'
-      `clients_count`), not who.
+      `clients_count`), not who. True: rows list the ids up to
+      MAX_LISTED_IDS per field, and beyond that carry the same counts.
 
   Returns:
     The final state, the rows of this invocation and the last evaluation.
@@ -158,8 +173,8 @@ def run(process: tff.learning.templates.LearningProcess, state: Any,
     row: dict[str, Any] = {
         'round': round_num,
         'round_seconds': time.monotonic() - start,
-        **({'clients': sampled} if release_ids else
-           {'clients_count': len(sampled)}),
+        **ids_field('clients', sampled,
+                    MAX_LISTED_IDS if release_ids else -1),
         'train': train_metrics(metrics) if metrics is not None else {},
         **_report_fields(report, release_ids, sampled),
     }

@@ -352,5 +352,64 @@ class StackOverflowTrainingTest(absltest.TestCase):
       self.assertLess(last, first, task)  # Held-out loss goes down.
 
 
+class IdsFieldTest(absltest.TestCase):
+
+  def test_lists_up_to_the_limit_then_counts(self):
+    self.assertEqual(loop.MAX_LISTED_IDS, 100)
+    ids = [f'c{i}' for i in range(101)]
+    self.assertEqual(loop.ids_field('clients', ids[:100]),
+                     {'clients': ids[:100]})
+    self.assertEqual(loop.ids_field('clients', ids), {'clients_count': 101})
+    self.assertEqual(loop.ids_field('participants', []), {'participants': []})
+    # DP runs (limit -1) never list them, however few.
+    self.assertEqual(loop.ids_field('clients', ids[:1], -1),
+                     {'clients_count': 1})
+
+  def test_report_fields_count_large_lists(self):
+
+    class Report:
+      failures = [{'pod': 'edge-1', 'kind': 'timeout',
+                   'clients': [f'c{i}' for i in range(150)]},
+                  {'pod': 'edge-2', 'kind': 'error', 'clients': ['c7']}]
+      pod_seconds = {'edge-1': 1.5}
+      participants = [f'c{i}' for i in range(300)]
+
+      def network(self):
+        return {'coordinator_sent': 10}
+
+    fields = loop._report_fields(  # pylint: disable=protected-access
+        Report(), True, Report.participants)
+    self.assertEqual(fields['participants_count'], 300)
+    self.assertNotIn('participants', fields)
+    self.assertEqual(fields['failures'][0]['clients_count'], 150)
+    self.assertNotIn('clients', fields['failures'][0])
+    self.assertEqual(fields['failures'][1]['clients'], ['c7'])
+    self.assertLen(Report.failures[0]['clients'], 150)  # Not modified.
+
+  def test_secagg_summary_names_parties_up_to_the_limit(self):
+
+    class Report:
+      failures = []
+      pod_seconds = {}
+      participants = None
+
+      def __init__(self, parties):
+        self.secagg = {'threshold': 7, 'survivors': parties,
+                       'dropped': {parties[0]: 'unmask'}}
+
+      def network(self):
+        return {}
+
+    few = [f'c{i}' for i in range(100)]
+    fields = loop._report_fields(  # pylint: disable=protected-access
+        Report(few), True, few)
+    self.assertEqual(fields['secagg']['survivors'], few)
+    many = [f'c{i}' for i in range(101)]
+    fields = loop._report_fields(  # pylint: disable=protected-access
+        Report(many), True, many)
+    self.assertEqual(fields['secagg'], {'threshold': 7, 'survivors': 101,
+                                        'dropped': {'unmask': 1}})
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -15,7 +15,7 @@ failed (None on the local runtime).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import tensorflow_federated as tff
 
@@ -56,3 +56,20 @@ class LocalRound:
   def __call__(self, state, keys, client_ids, round_num):
     del client_ids, round_num
     return self._next(state, list(keys)), None
+
+
+class CheckedRound:
+  """`runner`, calling `check(client_ids)` before each round.
+
+  E.g. verifies the sampled clients' shards when they are first used
+  (`data_prep.shards.ShardVerifier`) instead of every shard at start.
+  """
+
+  def __init__(self, runner: RoundRunner,
+               check: Callable[[Sequence[str]], Any]):
+    self._runner = runner
+    self._check = check
+
+  def __call__(self, state, keys, client_ids, round_num):
+    self._check(client_ids)
+    return self._runner(state, keys, client_ids, round_num)

@@ -31,7 +31,7 @@ Preprocess = Callable[[Batch], tuple[Any, Any]]
 # uncompiled Keras model with outputs [batch, num_classes].
 ClassifierFn = Callable[[tuple[int, ...], int], tf.keras.Model]
 # Examples parsed at once before re-batching (sequence tasks).
-_PARSE_BATCH = 64
+PARSE_BATCH = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +87,15 @@ class Task:
   # model's own (`ModelWeights.assign_weights_to`). Tasks whose global model
   # is part of the Keras model (Federated Reconstruction) set it.
   assign_weights: Optional[Callable[[tf.keras.Model, Any], None]] = None
+  # Replaces the batching of `batched`: (serialized examples, batch size)
+  # -> batches of (x, y), e.g. to batch two kinds of rows apart.
+  batch_fn: Optional[Callable[[tf.data.Dataset, int], tf.data.Dataset]] = None
+  # FedAvg weighs a client by the examples it trained on; where a row of a
+  # batch is not one example, this counts them in a batch (x, y).
+  example_count: Optional[Callable[[Any], tf.Tensor]] = None
+  # What the held-out metrics measure, for logs and summary.json ('' if
+  # nothing needs saying).
+  eval_note: str = ''
 
   @property
   def input_spec(self) -> tuple[tf.TensorSpec, tf.TensorSpec]:
@@ -102,9 +111,11 @@ class Task:
   def batched(self, serialized: tf.data.Dataset,
               batch_size: int) -> tf.data.Dataset:
     """Serialized examples -> batches of (x, y) of `batch_size` rows."""
+    if self.batch_fn is not None:
+      return self.batch_fn(serialized, batch_size)
     if not self.rebatch:
       return serialized.batch(batch_size).map(self.parse_and_preprocess)
-    return (serialized.batch(_PARSE_BATCH).map(self.parse_and_preprocess)
+    return (serialized.batch(PARSE_BATCH).map(self.parse_and_preprocess)
             .unbatch().batch(batch_size))
 
 
@@ -188,6 +199,23 @@ class TaskFamily(abc.ABC):
     del manifest, seed
     return None
 
+  def batch_fn(self, manifest: shards.Manifest
+               ) -> Optional[Callable[[tf.data.Dataset, int], tf.data.Dataset]]:
+    """Task.batch_fn, or None for the generic batching."""
+    del manifest
+    return None
+
+  def example_count(self, manifest: shards.Manifest
+                    ) -> Optional[Callable[[Any], tf.Tensor]]:
+    """Task.example_count, or None: each row of a batch is one example."""
+    del manifest
+    return None
+
+  def eval_note(self, manifest: shards.Manifest) -> str:
+    """Task.eval_note."""
+    del manifest
+    return ''
+
   def check_model(self, model_name: str) -> None:
     """Raises UserError if --model does not fit this task."""
     if model_name in self.model_names:
@@ -215,6 +243,9 @@ class TaskFamily(abc.ABC):
         rebatch=self.rebatch,
         process_builder=self.process_builder(manifest, seed),
         evaluator_builder=self.evaluator_builder(manifest, seed),
+        batch_fn=self.batch_fn(manifest),
+        example_count=self.example_count(manifest),
+        eval_note=self.eval_note(manifest),
     )
 
 

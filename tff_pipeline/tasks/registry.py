@@ -18,6 +18,7 @@ from tff_pipeline.tasks import cifar10
 from tff_pipeline.tasks import image_folder
 from tff_pipeline.tasks import images
 from tff_pipeline.tasks import movielens
+from tff_pipeline.tasks import precision as precision_lib
 from tff_pipeline.tasks import shakespeare
 from tff_pipeline.tasks import stackoverflow
 from tff_pipeline.tasks import tabular
@@ -123,6 +124,18 @@ def prepare(task: str, data: base.DataOptions) -> shards.Manifest:
 
 
 def bind(task: str, manifest: shards.Manifest, model: str, seed: int,
-         weight_decay: float = 0.0) -> base.Task:
-  """Binds task `task` to prepared shards (e.g. the pods') and a model."""
-  return get(task).bind(manifest, model, seed, weight_decay)
+         weight_decay: float = 0.0, precision: str = 'fp32') -> base.Task:
+  """Binds task `task` to prepared shards (e.g. the pods') and a model.
+
+  Raises:
+    UserError: bf16 for a task that is not FedAvg over its Keras model.
+  """
+  bound = get(task).bind(manifest, model, seed, weight_decay)
+  if precision == 'fp32':
+    return bound
+  if bound.process_builder is not None:
+    raise UserError(f'--precision={precision} applies to tasks trained with '
+                    f'FedAvg over one Keras model; --task={task} builds its '
+                    'own algorithm; use --precision=fp32')
+  return dataclasses.replace(bound, model_builder=precision_lib.model_builder(
+      bound.model_builder, precision))

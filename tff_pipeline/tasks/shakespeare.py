@@ -6,10 +6,20 @@ snippets to (input, target) character sequences and the model are TFF's
 Shakespeare baseline (`tff.simulation.baselines.shakespeare`): a character
 embedding, two 256-unit LSTMs and logits per step, scored by next-character
 accuracy that does not count padding.
+
+LEAF's data (Caldas et al. 2018) is one sample per 80-character window and
+the character after it. Shards of it hold the samples chained back into
+text, trained as above (one row per 80 characters, a target at every
+position), and lone samples, each one row of its 80 characters with a
+single target: the next character. Lone rows are batched apart, in larger
+batches (`WINDOW_BATCH`: 80 steps of the LSTM for one target each), the
+loss is the mean over targets (padding masked), and FedAvg weighs a client
+by its targets rather than its rows.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 import numpy as np
@@ -88,6 +98,28 @@ def to_sequences(snippets: tf.Tensor,
   return chunks[:, :-1], chunks[:, 1:]
 
 
+def window_rows(windows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Maps LEAF samples (x + y strings) to rows with one target each.
+
+  Args:
+    windows: tf.string tensor [n] of SEQUENCE_LENGTH + 1 characters each.
+
+  Returns:
+    (x, y): int64 [n, SEQUENCE_LENGTH]; x is the window's char ids, y is
+    PAD_ID except its last position, the id of the character after x.
+  """
+  windows = tf.reshape(tf.convert_to_tensor(windows, tf.string), [-1])
+  codepoints = tf.strings.unicode_decode(windows, "UTF-8", errors="replace")
+  ids = tf.gather(tf.constant(_CODEPOINT_IDS),
+                  tf.minimum(codepoints, len(_CODEPOINT_IDS) - 1))
+  ids = ids.to_tensor(default_value=PAD_ID,
+                      shape=[None, SEQUENCE_LENGTH + 1])
+  x = ids[:, :SEQUENCE_LENGTH]
+  y = tf.pad(ids[:, SEQUENCE_LENGTH:], [[0, 0], [SEQUENCE_LENGTH - 1, 0]],
+             constant_values=PAD_ID)
+  return x, y
+
+
 def decode_ids(ids: Iterable[int]) -> str:
   """Inverse of the char mapping, for debugging and tests.
 
@@ -134,6 +166,57 @@ def _preprocess(batch: base.Batch):
   return to_sequences(batch['snippet'])
 
 
+# Lone LEAF samples per batch: each is 80 LSTM steps for one target, so
+# they come in larger batches than text rows (client_batch_size); measured
+# in bench/leaf_speed.py.
+WINDOW_BATCH = 128
+
+
+def _leaf_rows(batch: base.Batch):
+  """Text rows, then lone-sample rows, and which kind each row is (0/1)."""
+  lone = tf.equal(batch['window'], 1)
+  text_x, text_y = to_sequences(tf.boolean_mask(batch['snippet'],
+                                                tf.logical_not(lone)))
+  lone_x, lone_y = window_rows(tf.boolean_mask(batch['snippet'], lone))
+  kind = tf.concat([tf.zeros(tf.shape(text_x)[:1], tf.int64),
+                    tf.ones(tf.shape(lone_x)[:1], tf.int64)], 0)
+  return tf.concat([text_x, lone_x], 0), tf.concat([text_y, lone_y], 0), kind
+
+
+def _leaf_preprocess(batch: base.Batch):
+  x, y, _ = _leaf_rows(batch)
+  return x, y
+
+
+def leaf_batches(features: dict, serialized: tf.data.Dataset,
+                 batch_size: int) -> tf.data.Dataset:
+  """LEAF shards -> batches of `batch_size` text rows or WINDOW_BATCH lone.
+
+  Each batch holds one kind of row; the batches come in the order their
+  rows fill them (the examples are shuffled before).
+  """
+  window_batch = max(batch_size, WINDOW_BATCH)
+  sizes = tf.constant([batch_size, window_batch], tf.int64)
+  rows = serialized.batch(base.PARSE_BATCH).map(
+      lambda s: _leaf_rows(shards.parse_batch(s, features))).unbatch()
+  return rows.group_by_window(
+      key_func=lambda x, y, kind: kind,
+      reduce_func=lambda kind, group: group.batch(sizes[kind]),
+      window_size_func=lambda kind: sizes[kind]).map(
+          lambda x, y, kind: (x, y))
+
+
+def count_targets(batch) -> tf.Tensor:
+  """Targets (non-padding y) in a batch (x, y): FedAvg's example count."""
+  return tf.math.count_nonzero(tf.not_equal(batch[1], PAD_ID),
+                               dtype=tf.int64)
+
+
+def is_leaf(manifest: shards.Manifest) -> bool:
+  """Whether the shards hold LEAF samples (texts and lone windows)."""
+  return 'window' in manifest.features
+
+
 class Shakespeare(base.TaskFamily):
   """Speaking roles as clients; 10% of the roles held out whole."""
 
@@ -158,8 +241,18 @@ class Shakespeare(base.TaskFamily):
         num_clients=data.num_clients, seed=data.seed)
 
   def preprocess(self, manifest: shards.Manifest) -> base.Preprocess:
-    del manifest
-    return _preprocess
+    return _leaf_preprocess if is_leaf(manifest) else _preprocess
+
+  def batch_fn(self, manifest: shards.Manifest):
+    if not is_leaf(manifest):
+      return None
+    return functools.partial(leaf_batches, manifest.features)
+
+  def example_count(self, manifest: shards.Manifest):
+    return count_targets if is_leaf(manifest) else None
+
+  def eval_note(self, manifest: shards.Manifest) -> str:
+    return shakespeare_prep.describe_eval(manifest)
 
   def model(self, manifest: shards.Manifest, model_name: str, seed: int,
             weight_decay: float) -> tf.keras.Model:
@@ -167,7 +260,9 @@ class Shakespeare(base.TaskFamily):
     return create_char_lstm(VOCAB_SIZE, seed=seed, weight_decay=weight_decay)
 
   def loss(self, manifest: shards.Manifest) -> tf.keras.losses.Loss:
-    del manifest
+    if is_leaf(manifest):
+      # A lone sample's row is padding but for its one target.
+      return keras_metrics.MaskedCrossentropy(masked_tokens=[PAD_ID])
     return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
   def metrics(self, manifest: shards.Manifest

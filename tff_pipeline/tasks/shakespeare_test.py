@@ -7,6 +7,7 @@ import tensorflow as tf
 from data_prep import shakespeare as shakespeare_prep
 from data_prep import shards
 from data_prep import testing
+from tff_pipeline.tasks import keras_metrics
 from tff_pipeline.tasks import shakespeare
 
 
@@ -124,6 +125,49 @@ class ToSequencesTest(absltest.TestCase):
     expected_x, _ = shakespeare.to_sequences(tf.constant(texts))
     np.testing.assert_array_equal(x, expected_x.numpy())
 
+
+class LeafRowsTest(absltest.TestCase):
+
+  def test_window_rows_have_one_target(self):
+    window = "To be, or not to be, that is the question: Whether 'tis nobler " \
+        "in the mind to suf"
+    self.assertLen(window, 81)
+    x, y = shakespeare.window_rows(tf.constant([window, window[::-1]]))
+    self.assertEqual(x.shape, (2, 80))
+    self.assertEqual(shakespeare.decode_ids(x[0].numpy()), window[:80])
+    self.assertEqual(y.numpy()[0, :79].tolist(), [0] * 79)
+    self.assertEqual(shakespeare.decode_ids(y[0].numpy()), "f")
+    self.assertEqual(shakespeare.decode_ids(y[1].numpy()), "T")
+
+  def test_leaf_shards_batch_texts_and_lone_samples_apart(self):
+    root = self.create_tempdir().full_path
+    text = " ".join(testing.speech("ROMEO", i) for i in range(8)).replace("\n", " ")
+    lone = [f"{i:03d}" + "x" * 77 + "y" for i in range(300)]  # 81 chars.
+    manifest = shards.write_shards(
+        root, "shakespeare", shakespeare_prep.LEAF_FEATURES_SPEC,
+        [("ROMEO", {"snippet": np.array([text] + lone, dtype=object),
+                    "window": np.array([0] + [1] * 300)})], None,
+        num_classes=None, partition={}, source={}, label_key=None)
+    task = shakespeare.SHAKESPEARE.bind(manifest, "char_lstm", 0)
+    batches = list(task.batched(
+        tf.data.TFRecordDataset(manifest.path(manifest.clients[0])), 8))
+    text_rows = -(-(len(text) + 2) // 81)
+    lone_batches = [b for b in batches if b[1].numpy()[:, :79].max() == 0]
+    text_batches = [b for b in batches if b[1].numpy()[:, :79].max() > 0]
+    self.assertEqual(sum(len(b[0]) for b in text_batches), text_rows)
+    self.assertEqual([len(b[0]) for b in lone_batches],
+                     [shakespeare.WINDOW_BATCH] * 2 + [300 - 256])
+    self.assertTrue(all(len(b[0]) <= 8 for b in text_batches))
+    # Each lone sample's target once; every character of the text (and EOS)
+    # once, but for the first of each row after the first (TFF's chunking:
+    # a row's first character is input only).
+    counted = sum(int(shakespeare.count_targets(b)) for b in batches)
+    self.assertEqual(counted, 300 + len(text) + 1 - (text_rows - 1))
+    self.assertEqual(shakespeare.decode_ids(lone_batches[0][1].numpy()),
+                     "y" * shakespeare.WINDOW_BATCH)
+    self.assertIsInstance(task.loss_builder(),
+                          keras_metrics.MaskedCrossentropy)
+    self.assertIs(task.example_count, shakespeare.count_targets)
 
 
 class CharLstmTest(absltest.TestCase):
