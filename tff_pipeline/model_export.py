@@ -179,8 +179,8 @@ def tflite_predict(model_dir: str, inputs: Any) -> Any:
 
 
 def keras_model(task: task_base.Task, weights: Any) -> tf.keras.Model:
-  """A fresh Keras model of `task` holding the global model `weights`."""
-  model = task.model_builder()
+  """A fresh Keras model of `task` to serve, holding the global `weights`."""
+  model = (task.serving_model_builder or task.model_builder)()
   if task.assign_weights is not None:
     task.assign_weights(model, weights)
   else:

@@ -96,6 +96,10 @@ class Task:
   # What the held-out metrics measure, for logs and summary.json ('' if
   # nothing needs saying).
   eval_note: str = ''
+  # Builds the model that is exported and served, with the same weights as
+  # model_builder's; None: model_builder. A bf16 run trains a mixed-precision
+  # copy but serves float32 (TFLite has no bfloat16 kernels).
+  serving_model_builder: Optional[Callable[[], tf.keras.Model]] = None
 
   @property
   def input_spec(self) -> tuple[tf.TensorSpec, tf.TensorSpec]:

@@ -137,5 +137,7 @@ def bind(task: str, manifest: shards.Manifest, model: str, seed: int,
     raise UserError(f'--precision={precision} applies to tasks trained with '
                     f'FedAvg over one Keras model; --task={task} builds its '
                     'own algorithm; use --precision=fp32')
-  return dataclasses.replace(bound, model_builder=precision_lib.model_builder(
-      bound.model_builder, precision))
+  return dataclasses.replace(
+      bound, model_builder=precision_lib.model_builder(bound.model_builder,
+                                                       precision),
+      serving_model_builder=bound.model_builder)

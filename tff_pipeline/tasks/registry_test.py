@@ -5,10 +5,12 @@ import tempfile
 from absl.testing import absltest
 import numpy as np
 import tensorflow as tf
+import tensorflow_federated as tff
 
 from tests import testutil
 from tff_pipeline.tasks import registry as tasks
 from data_prep.errors import UserError
+from tff_pipeline import model_export
 from tff_pipeline import plan
 
 
@@ -45,6 +47,26 @@ class TasksTest(absltest.TestCase):
     self.assertBetween(float(tf.reduce_max(x)), 0.5, 1.0)
     self.assertGreaterEqual(float(tf.reduce_min(x)), 0.0)
     self.assertEqual(task.model_builder()(x).shape, (4, 10))
+
+  def test_bf16_trains_in_bfloat16_and_serves_float32(self):
+    task = plan.load_task(self._config(model='cnn', precision='bf16'))
+    trained = task.model_builder()
+    self.assertEqual(trained.layers[1].compute_dtype, 'bfloat16')
+    trained.set_weights([w + np.float32(0.01) if w.dtype.kind == 'f' else w
+                         for w in trained.get_weights()])
+    weights = tff.learning.models.ModelWeights.from_model(trained)
+    model_dir = os.path.join(self._dir, 'bf16-model')
+    exported = model_export.export_model(task, weights, model_dir)
+    self.assertIsNone(exported.tflite_problem)  # TFLite has no bfloat16.
+    served = model_export.keras_model(task, weights)
+    self.assertEqual({l.compute_dtype for l in served.layers}, {'float32'})
+    x = np.random.default_rng(0).uniform(0, 1, (5, 28, 28, 1)).astype(
+        np.float32)
+    np.testing.assert_allclose(model_export.tflite_predict(model_dir, x),
+                               served(x, training=False), atol=1e-5)
+    # Same weights: the bfloat16 model predicts alike to its precision.
+    np.testing.assert_allclose(served(x, training=False),
+                               trained(x, training=False), atol=0.02)
 
   def test_shards_are_reused_for_the_same_request(self):
     first = plan.load_task(self._config(model='lr'))
