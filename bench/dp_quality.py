@@ -8,8 +8,8 @@ Fashion-MNIST, the 2NN (200-200 MLP, 199,210 parameters), 1,000 clients
 (Dirichlet 0.5), Poisson sampling of 100 expected clients per round
 (q = 0.1), delta 1e-5, --target_epsilon per budget: each aggregator
 calibrates its own noise (dp_fixed: dp-accounting's sampled Gaussian;
-distributed_dp: the Skellam RDP bound under Zhu and Wang's general sampling
-bound, and its bits), then trains with the same hyperparameters. A run with
+distributed_dp: the Skellam RDP bound, Poisson-sampled as in
+`ddp_accounting.poisson_subsampled_rdp`, and its bits), then trains with the same hyperparameters. A run with
 the clip but no noise (dp_fixed, noise multiplier 0) is the reference.
 
 Each run is `tff_pipeline.api.run` in this process, its outputs under

@@ -98,26 +98,64 @@ class SkellamRdpTest(parameterized.TestCase):
         ddp_accounting.skellam_rdp(ORDERS, 0.0, 1.0, 1.0))))
 
 
+def _exact_subsampled_divergences(lam, shift, q, order):
+  """Both divergences of the sampled one-dimensional Skellam, from scipy.
+
+  Q = Sk(lam) (the client absent), P = Sk(lam) + shift, mu = (1-q) Q + q P:
+  (D_order(mu || Q), D_order(Q || mu)).
+  """
+  reach = int(order * abs(shift) + 40 * math.sqrt(2 * lam)) + 80
+  k = np.arange(-reach, reach + 1)
+  log_q = stats.skellam.logpmf(k, lam, lam)
+  log_p = stats.skellam.logpmf(k - shift, lam, lam)
+  log_mu = np.logaddexp(math.log1p(-q) + log_q, math.log(q) + log_p)
+  seen = np.isfinite(log_q) & np.isfinite(log_mu)
+  log_q, log_mu = log_q[seen], log_mu[seen]
+  addition = special.logsumexp(order * log_mu + (1 - order) * log_q)
+  removal = special.logsumexp(order * log_q + (1 - order) * log_mu)
+  return addition / (order - 1), removal / (order - 1)
+
+
 class PoissonSubsampledRdpTest(parameterized.TestCase):
 
   def test_hand_computed(self):
     # q = 0.1 on the lam 10, shift 1 curve above (eps(2) = 0.055625,
-    # eps(3) = 0.081875):
-    # a = 2: log((1-q)(1+q) + q^2 e^eps(2)) = log(0.99 + 0.01 * 1.0572012)
-    #        = log(1.00057201) = 5.718481e-4;
-    # a = 3: log((1-q)^2 (1+2q) + 3 q^2 (1-q) e^eps(2) + 3 q^3 e^(2 eps(3)))/2
-    #        = log(0.972 + 0.02854443 + 0.00353376)/2 = 2.034949e-3.
+    # eps(3) = 0.081875; e^eps(2) - 1 = 0.0572012).
+    # a = 2: addition log((1-q)(1+q) + q^2 e^eps(2)) = log(1.00057201)
+    #        = 5.718481e-4; removal: the general bound (no l >= 3 terms)
+    #        is the same, below the second-order one (c_2 = 1/0.9 - 1.1 =
+    #        0.0111111: log(1 + 0.0111111 * 0.0572012) = 6.3537e-4).
+    # a = 3: addition log((1-q)^2 (1+2q) + 3 q^2 (1-q) e^eps(2)
+    #        + q^3 e^(2 eps(3)))/2 = log(0.972 + 0.02854443 + 0.00117792)/2
+    #        = 8.604348e-4; removal: the general bound, with 3 q^3 e^(2 eps(3)),
+    #        log(1.00707819)/2 = 2.034949e-3, against the second-order
+    #        c_3 = 1/0.81 - 1.2 = 0.0345679: log(1 + 0.0345679 * 0.0572012)/2
+    #        = 9.876858e-4, the smaller; the larger direction: 9.876858e-4.
     rdp_fn = lambda a: ddp_accounting.skellam_rdp(a, 10.0, 1.0, 1.0)
     np.testing.assert_allclose(
         ddp_accounting.poisson_subsampled_rdp([2, 3], 0.1, rdp_fn),
-        [5.718481e-4, 2.034949e-3], rtol=1e-6)
+        [5.718481e-4, 9.876858e-4], rtol=1e-6)
 
-  @parameterized.parameters((0.1, 1.0), (0.03, 0.8), (120 / 3383, 1.2),
-                            (0.01, 2.0), (0.5, 1.0))
-  def test_general_bound_vs_tight_gaussian(self, q, z):
+  @parameterized.parameters((3.0, 1, 0.1), (50.0, 2, 0.1), (400.0, 7, 0.05),
+                            (2.0, 1, 0.5), (400.0, 3, 0.9), (20.0, 1, 0.01))
+  def test_bounds_the_exact_subsampled_divergences(self, lam, shift, q):
+    # Both directions computed from the pmfs, against the bound on the
+    # Skellam RDP curve: the bound must hold for each.
+    rdp_fn = lambda a: ddp_accounting.skellam_rdp(a, lam, shift, shift)
+    for order in (2, 3, 5, 10, 30):
+      addition, removal = _exact_subsampled_divergences(lam, shift, q, order)
+      bound = ddp_accounting.poisson_subsampled_rdp([order], q, rdp_fn)[0]
+      self.assertGreaterEqual(bound, addition, (lam, shift, q, order))
+      self.assertGreaterEqual(bound, removal, (lam, shift, q, order))
+
+  @parameterized.parameters((0.1, 1.0, 1.01), (0.03, 0.8, 1.01),
+                            (120 / 3383, 1.2, 1.01), (0.01, 2.0, 1.01),
+                            (0.5, 1.0, 1.01), (0.1, 2.43, 1.15),
+                            (0.1, 8.0, 1.6))
+  def test_bound_vs_tight_gaussian(self, q, z, most):
     # For the Gaussian, dp_accounting's sampled Gaussian is exact (Mironov et
-    # al. 2019); the general bound can only be above it, by at most
-    # log(3) / (a - 1) (it multiplies the terms l >= 3 by 3).
+    # al. 2019): a valid bound is never below it, and ours is never above the
+    # general bound, at most log(3) / (a - 1) above it.
     ours = ddp_accounting.poisson_subsampled_rdp(
         ORDERS, q, lambda a: a / (2 * z**2))
     tight = _gaussian_rdp(z, ORDERS, q)
@@ -129,9 +167,50 @@ class PoissonSubsampledRdpTest(parameterized.TestCase):
         ORDERS, 100 * ours, DELTA)
     eps_tight, _ = rdp.rdp_privacy_accountant.compute_epsilon(
         ORDERS, 100 * tight, DELTA)
-    print(f'q={q:.4f} z={z}: general bound epsilon {eps_ours:.4f}, '
+    print(f'q={q:.4f} z={z}: our bound epsilon {eps_ours:.4f}, '
           f'dp_accounting {eps_tight:.4f}')
-    self.assertBetween(eps_ours / eps_tight, 1.0, 1.3)
+    # Where the removal bound sets the optimal order (much noise), above.
+    self.assertBetween(eps_ours / eps_tight, 1.0 - 1e-9, most)
+
+  def test_second_order_removal_bound(self):
+    # D_a(Q || (1-q) Q + q P) computed exactly on two- and three-point
+    # distributions, against the bound from D_2(P || Q) alone. The curvature
+    # at 0 alone (c = C(a,2) q^2, no secant to x = -1) fails on these pairs,
+    # so the secant term is what makes it hold.
+    divergence = lambda p, q, a: math.log(np.sum(p**a * q**(1 - a))) / (a - 1)
+    pairs = [((0.9, 0.1), (0.1, 0.9)), ((0.99, 0.01), (0.5, 0.5)),
+             ((0.6, 0.4), (0.4, 0.6)), ((1e-4, 1 - 1e-4), (0.3, 0.7)),
+             ((0.97, 0.02, 0.01), (0.2, 0.3, 0.5))]
+    curvature_only_fails = 0
+    for p, q_dist in pairs:
+      p, q_dist = np.array(p), np.array(q_dist)
+      eps_2 = divergence(p, q_dist, 2)
+      for q in (0.1, 0.5, 0.9, 0.99):
+        mixture = (1 - q) * q_dist + q * p
+        for a in (2, 3, 5, 10, 30):
+          exact = divergence(q_dist, mixture, a)
+          bound = ddp_accounting._removal_second_order(  # pylint: disable=protected-access
+              a, q, eps_2) / (a - 1)
+          self.assertGreaterEqual(bound, exact - 1e-12, (p, q, a))
+          curvature = math.log1p(math.comb(a, 2) * q**2 *
+                                 math.expm1(eps_2)) / (a - 1)
+          curvature_only_fails += exact > curvature
+    self.assertGreater(curvature_only_fails, 10)
+
+  def test_vanishes_as_the_noise_grows(self):
+    # The general bound alone levels off at log(1 + 2 P[Bin(a, q) >= 3]) /
+    # (a - 1) however much noise there is (its factor 3); both directions
+    # here go to 0 with eps(2).
+    a = np.array(ORDERS)
+    q = 0.1
+    at_least_3 = stats.binom.sf(2, a, q)
+    floor = np.log1p(2 * at_least_3) / (a - 1)
+    quiet = ddp_accounting.poisson_subsampled_rdp(
+        ORDERS, q, lambda o: o / (2 * 1e4**2))
+    # (At orders beyond 64 the second-order bound's c_a grows as
+    # (1-q)^(1-a); there the general bound is the smaller.)
+    self.assertTrue(np.all(quiet[a <= 64] < 1e-6), quiet)
+    self.assertTrue(np.all(floor[(a >= 4) & (a <= 64)] > 2e-3))
 
   def test_no_sampling_and_no_participation(self):
     rdp_fn = lambda a: a / 2.0
@@ -146,13 +225,13 @@ class PoissonSubsampledRdpTest(parameterized.TestCase):
         unsampled = rdp_fn(np.array(ORDERS, dtype=float))
         sampled = ddp_accounting.poisson_subsampled_rdp(ORDERS, q, rdp_fn)
         self.assertTrue(np.all(sampled <= unsampled))
-    # Hardly any noise: the last term, 3 q^a e^((a-1) eps(a)) (no 3 at
-    # a = 2), dominates: eps(a) + (a log q + log 3) / (a - 1).
+    # Hardly any noise: the addition direction's last term, q^a
+    # e^((a-1) eps(a)), dominates: eps(a) + a log q / (a - 1). (Removal is
+    # far smaller: Q <= mu / (1 - q), so D(Q || mu) <= log 2 at q = 0.5.)
     a = np.array(ORDERS, dtype=float)
     np.testing.assert_allclose(
         ddp_accounting.poisson_subsampled_rdp(ORDERS, 0.5, lambda a: 50 * a),
-        50 * a + (a * np.log(0.5) + np.log(3) * (a >= 3)) / (a - 1),
-        rtol=1e-9)
+        50 * a + a * np.log(0.5) / (a - 1), rtol=1e-9)
 
 
 class SkellamParamsTest(absltest.TestCase):
