@@ -450,7 +450,7 @@ class LocalSetup:
 
   def round_runner(self, process) -> rounds.RoundRunner:
     if not is_secure(self.config):
-      return rounds.CheckedRound(rounds.LocalRound(process),
+      return rounds.CheckedRound(rounds.ChunkedRound(process),
                                  self._verifier.verify)
     # Scratch, not results: a round's mask lives until its sum is taken.
     self._mask_root = secure_round.scratch_mask_root()

@@ -15,9 +15,14 @@ failed (None on the local runtime).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional, Protocol, Sequence
 
+from absl import logging
+
 import tensorflow_federated as tff
+from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
+from tensorflow_federated.python.core.impl.types import type_conversions
 
 
 class RoundReport(Protocol):
@@ -47,15 +52,52 @@ class Evaluator(Protocol):
     ...
 
 
-class LocalRound:
-  """A round of `process.next` in the current TFF context."""
+# Clients per call of the local runtime. TFF's runtime keeps every client's
+# result of a call until it aggregates them: 1,000 clients of the 2NN in one
+# call peaked at 5.8 GB (bench/scale.py), 100 at 1.4 GB.
+LOCAL_CHUNK_CLIENTS = 100
 
-  def __init__(self, process: tff.learning.templates.LearningProcess):
+
+class ChunkedRound:
+  """A round of `process.next` run over its clients in chunks.
+
+  The round is compiled once into TFF's mergeable form, as the edge servers
+  run it: `up_to_merge` on each chunk of at most `max_clients`, `merge`
+  folding the partials, `after_merge` once on the server. Aggregates that
+  sum exactly (the default weighted mean) give the same model as one call.
+  Rounds of at most `max_clients` clients are one call of `process.next`.
+  Secure rounds cannot use it (the mergeable form refuses secure sums).
+  """
+
+  def __init__(self, process: tff.learning.templates.LearningProcess,
+               max_clients: int = LOCAL_CHUNK_CLIENTS):
+    if max_clients < 1:
+      raise ValueError(f'max_clients must be >= 1, got {max_clients}')
     self._next = process.next
+    self._max_clients = max_clients
+    self._form = None  # Compiled on the first round that needs it.
 
   def __call__(self, state, keys, client_ids, round_num):
     del client_ids, round_num
-    return self._next(state, list(keys)), None
+    keys = list(keys)
+    if len(keys) <= self._max_clients:
+      return self._next(state, keys), None
+    if self._form is None:
+      try:
+        self._form = mergeable_comp_compiler.compile_to_mergeable_comp_form(
+            self._next)
+      except (TypeError, ValueError) as e:  # E.g. an intrinsic it refuses.
+        logging.warning('rounds run in one call: no mergeable form (%s)', e)
+        self._max_clients = math.inf
+        return self._next(state, keys), None
+    form = self._form
+    merged = None
+    for start in range(0, len(keys), self._max_clients):
+      partial = form.up_to_merge(state, keys[start:start + self._max_clients])
+      merged = partial if merged is None else form.merge(merged, partial)
+    result = form.after_merge([state, keys], merged)
+    return type_conversions.type_to_py_container(
+        result, self._next.type_signature.result), None
 
 
 class CheckedRound:
