@@ -197,6 +197,18 @@ class PoissonSubsampledRdpTest(parameterized.TestCase):
           curvature_only_fails += exact > curvature
     self.assertGreater(curvature_only_fails, 10)
 
+  def test_tiny_sampling_rates_and_bad_orders(self):
+    # q = 1e-17: (1-q)^(1-a) - 1 - (a-1)q cancels to 0 in floats; its series
+    # C(a,2) q^2 + ... does not. To first order the sampled Gaussian's RDP
+    # is C(a,2) q^2 (e^(1/z^2) - 1) / (a - 1) = q^2 a (e^(1/z^2) - 1) / 2.
+    for a in (2, 10):
+      got = ddp_accounting.poisson_subsampled_rdp([a], 1e-17, lambda o: o / 2)
+      np.testing.assert_allclose(got, [1e-34 * a * math.expm1(1) / 2],
+                                 rtol=1e-6)
+    for orders in ([2.5], [1], [1.5, 3]):
+      with self.assertRaisesRegex(ValueError, 'integers >= 2'):
+        ddp_accounting.poisson_subsampled_rdp(orders, 0.1, lambda o: o / 2)
+
   def test_vanishes_as_the_noise_grows(self):
     # The general bound alone levels off at log(1 + 2 P[Bin(a, q) >= 3]) /
     # (a - 1) however much noise there is (its factor 3); both directions
