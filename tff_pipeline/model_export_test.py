@@ -91,6 +91,7 @@ class WriteModelTest(parameterized.TestCase):
 
     class _Task:
       model_builder = staticmethod(lambda: images.create_lr(10))
+      serving_model_builder = None
       assign_weights = staticmethod(lambda m, w: calls.append(w))
 
     model_export.keras_model(_Task(), 'weights')
