@@ -100,12 +100,12 @@ def ids_field(name: str, ids: Sequence[str],
   return {f'{name}_count': len(ids)}
 
 
-def _report_fields(report: Optional[rounds_lib.RoundReport],
-                   release_ids: bool, sampled: Sequence[str]
-                   ) -> dict[str, Any]:
+def _report_fields(report: Optional[rounds_lib.RoundReport], limit: int,
+                   sampled: Sequence[str]) -> dict[str, Any]:
+  """The report's part of a row; `limit` as in ids_field (< 0: DP run)."""
   if report is None:
     return {}
-  limit = MAX_LISTED_IDS if release_ids else -1
+  release_ids = limit >= 0
   failures = []
   for failure in report.failures:
     failure = dict(failure)
@@ -157,6 +157,7 @@ def run(process: tff.learning.templates.LearningProcess, state: Any,
   """
   rows: list[dict[str, Any]] = []
   last_eval: Optional[dict[str, float]] = None
+  id_limit = MAX_LISTED_IDS if release_ids else -1
   for round_num in range(schedule.first_round, schedule.last_round + 1):
     sampled = schedule.sample(round_num)
     start = time.monotonic()
@@ -173,10 +174,9 @@ def run(process: tff.learning.templates.LearningProcess, state: Any,
     row: dict[str, Any] = {
         'round': round_num,
         'round_seconds': time.monotonic() - start,
-        **ids_field('clients', sampled,
-                    MAX_LISTED_IDS if release_ids else -1),
+        **ids_field('clients', sampled, id_limit),
         'train': train_metrics(metrics) if metrics is not None else {},
-        **_report_fields(report, release_ids, sampled),
+        **_report_fields(report, id_limit, sampled),
     }
     for annotate in annotators:
       row.update(annotate(round_num, metrics))

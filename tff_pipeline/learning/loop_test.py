@@ -205,14 +205,14 @@ class PrivateRunTest(_RunsInATempDir):
     report.participants = ['client_0001']
     sampled = ['client_0001', 'client_0007', 'c_1']
     fields = loop._report_fields(  # pylint: disable=protected-access
-        report, False, sampled)
+        report, -1, sampled)
     self.assertEqual(fields['failures'], [{
         'pod': 'edge-3', 'kind': 'error', 'clients_count': 2,
         'error': 'cannot read clients/<client>.tfrecord'}])
     self.assertEqual(fields['participants_count'], 1)
     self.assertNotIn('participants', fields)
     released = loop._report_fields(  # pylint: disable=protected-access
-        report, True, sampled)
+        report, loop.MAX_LISTED_IDS, sampled)
     self.assertEqual(released['failures'], report.failures)
     self.assertEqual(released['participants'], ['client_0001'])
 
@@ -383,7 +383,7 @@ class IdsFieldTest(absltest.TestCase):
         return {'coordinator_sent': 10}
 
     fields = loop._report_fields(  # pylint: disable=protected-access
-        Report(), True, Report.participants)
+        Report(), loop.MAX_LISTED_IDS, Report.participants)
     self.assertEqual(fields['participants_count'], 300)
     self.assertNotIn('participants', fields)
     self.assertEqual(fields['failures'][0]['clients_count'], 150)
@@ -407,11 +407,11 @@ class IdsFieldTest(absltest.TestCase):
 
     few = [f'c{i}' for i in range(100)]
     fields = loop._report_fields(  # pylint: disable=protected-access
-        Report(few), True, few)
+        Report(few), loop.MAX_LISTED_IDS, few)
     self.assertEqual(fields['secagg']['survivors'], few)
     many = [f'c{i}' for i in range(101)]
     fields = loop._report_fields(  # pylint: disable=protected-access
-        Report(many), True, many)
+        Report(many), loop.MAX_LISTED_IDS, many)
     self.assertEqual(fields['secagg'], {'threshold': 7, 'survivors': 101,
                                         'dropped': {'unmask': 1}})
 
