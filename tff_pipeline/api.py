@@ -58,7 +58,7 @@ _RESUMABLE_CHANGES = frozenset(
      'wandb_project', 'wandb_name',
      # Where rounds run does not change their result.
      'executor', 'topology', 'tls_dir', 'insecure', 'round_timeout',
-     'round_retries'})
+     'liveness_timeout', 'round_retries'})
 
 
 @dataclasses.dataclass

@@ -478,7 +478,8 @@ class RemoteSetup:
     if topology.eval_data:
       eval_manifest = shards.load_manifest(topology.eval_data)
       shards.verify_shards(eval_manifest)
-    self.cluster = coordinator.Cluster(topology, coordinator_tls(config))
+    self.cluster = coordinator.Cluster(topology, coordinator_tls(config),
+                                       config.liveness_timeout)
     try:
       self.view = self.cluster.describe()
       # Bound to all pods' clients; shard paths pod-relative.

@@ -34,11 +34,14 @@ from data_prep import shards
 from data_prep.errors import UserError
 from workers import executor_client
 from workers import limits
+from workers import liveness
 from workers import tls as tls_lib
 from workers import topology as topology_lib
 from workers import wire
 
 _SERVICE = '/tff_edge.EdgeServer/'
+# Default for --liveness_timeout.
+LIVENESS_TIMEOUT_SECONDS = 30.0
 # Slack on top of --round_timeout for the edge server's merge and reply.
 _REPLY_SLACK_SECONDS = 30.0
 
@@ -80,14 +83,21 @@ class RoundReport:
 
 
 class EdgeServerClient:
-  """Calls one edge server; counts bytes on the wire."""
+  """Calls one edge server; counts bytes on the wire.
+
+  While a call waits, the edge server is pinged: a call ends at most
+  `liveness_timeout` seconds after the server's last answer (0: only the
+  call's deadline bounds it; see workers/liveness.py).
+  """
 
   def __init__(self, spec: topology_lib.EdgeServer,
-               tls: Optional[tls_lib.TlsFiles] = None):
+               tls: Optional[tls_lib.TlsFiles] = None,
+               liveness_timeout: float = LIVENESS_TIMEOUT_SECONDS):
     self.spec = spec
     # The edge server's certificate names it, not its address.
     self._channel = tls_lib.grpc_channel(spec.address, tls,
                                          server_name=spec.name)
+    self._liveness_timeout = liveness_timeout
     self._prepared: set[str] = set()
 
   def call(self, method: str, header: dict[str, Any],
@@ -98,9 +108,19 @@ class EdgeServerClient:
     limits.check_message_size(len(request), f'{method} to edge server '
                               f'{self.spec.name}')
     rpc = self._channel.unary_unary(_SERVICE + method)
-    reply = rpc(request, timeout=timeout)
+    if self._liveness_timeout:
+      reply = liveness.await_call(
+          rpc.future(request, timeout=timeout), self.ping,
+          self._liveness_timeout, f'{method} on edge server {self.spec.name}')
+    else:
+      reply = rpc(request, timeout=timeout)
     header, reply_blobs = wire.unpack(reply)
     return header, reply_blobs, len(request), len(reply)
+
+  def ping(self, timeout: float) -> None:
+    """One round trip to the edge server; raises grpc.RpcError."""
+    self._channel.unary_unary(_SERVICE + 'Ping')(wire.pack({}),
+                                                timeout=timeout)
 
   def prepare(self, functions: dict[str, bytes],
               timeout: Optional[float]) -> int:
@@ -139,10 +159,12 @@ class Cluster:
   """The coordinator's view of the edge servers of a topology."""
 
   def __init__(self, topology: topology_lib.Topology,
-               tls: Optional[tls_lib.TlsFiles] = None):
+               tls: Optional[tls_lib.TlsFiles] = None,
+               liveness_timeout: float = LIVENESS_TIMEOUT_SECONDS):
     self.topology = topology
     self.tls = tls
-    self.servers = [EdgeServerClient(s, tls) for s in topology.edge_servers]
+    self.servers = [EdgeServerClient(s, tls, liveness_timeout)
+                    for s in topology.edge_servers]
     self._relay_pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, len(self.servers)), thread_name_prefix='secagg')
 
@@ -162,11 +184,11 @@ class Cluster:
     for server in self.servers:
       try:
         header, _, _, _ = server.call('Describe', {}, timeout=timeout)
-      except grpc.RpcError as e:
+      except (grpc.RpcError, liveness.Unresponsive) as e:
         raise ClusterError(
             f'edge server {server.spec.name} at {server.spec.address} is not '
-            f'reachable ({e.code().name}: {e.details()}); start it or fix '
-            'its address in the topology') from None
+            f'reachable ({limits.failure_of(e)[1]}); start it or fix its '
+            'address in the topology') from None
       for pod in header['pods']:
         if 'error' in pod:
           raise ClusterError(f'cannot read the manifest of pod {pod["name"]}: '
@@ -234,7 +256,8 @@ class Cluster:
       try:
         header, _, _, _ = future.result()
         limits.check_secagg_reply(header, pods)
-      except (grpc.RpcError, wire.WireError, limits.BadReply) as e:
+      except (grpc.RpcError, liveness.Unresponsive, wire.WireError,
+              limits.BadReply) as e:
         kind, detail = limits.failure_of(e)
         logging.warning('edge server %s failed to relay SecAgg (%s): %s',
                         name, kind, detail)
@@ -430,7 +453,8 @@ class DistributedRound:
       try:
         reply, blobs, sent, received = calls[server.spec.name].result()
         limits.check_reply(reply, blobs)
-      except (grpc.RpcError, wire.WireError, limits.BadReply) as e:
+      except (grpc.RpcError, liveness.Unresponsive, wire.WireError,
+              limits.BadReply) as e:
         # Whatever one edge server does is its failure, never the run's.
         kind, detail = limits.failure_of(e)
         logging.warning('edge server %s failed (%s): %s', server.spec.name,

@@ -11,6 +11,7 @@ never sees a single pod's update. A pod that fails or passes the deadline is
 left out of the merge and reported in the reply.
 
 gRPC service `tff_edge.EdgeServer` (messages: workers.wire):
+  Ping      -> {} (the coordinator pings while it waits on a call)
   Describe  -> each pod's manifest (which clients it holds)
   Prepare   -> caches computations by key
   Run       -> one merged partial plus failures, byte counts and the pods
@@ -447,6 +448,12 @@ def _handler(method, policy: Optional[tls_lib.PeerPolicy]):
   return grpc.unary_unary_rpc_method_handler(handle)
 
 
+def _pong(header: dict[str, Any], blobs: dict[str, bytes]):
+  """Ping: proves to a waiting coordinator that this server still answers."""
+  del header, blobs
+  return {}, {}
+
+
 # Concurrent calls beyond this are refused with RESOURCE_EXHAUSTED (the
 # coordinator makes one Run per edge server per round).
 _MAX_CONCURRENT_RPCS = 16
@@ -460,7 +467,8 @@ def serve(server: EdgeServer, port: int,
       options=tls_lib.SERVER_OPTIONS,
       maximum_concurrent_rpcs=_MAX_CONCURRENT_RPCS)
   grpc_server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-      SERVICE, {'Describe': _handler(server.metrics.wrap('describe',
+      SERVICE, {'Ping': _handler(_pong, server.policy),
+                'Describe': _handler(server.metrics.wrap('describe',
                                                          server.describe),
                                      server.policy),
                 'Prepare': _handler(server.metrics.wrap('prepare',

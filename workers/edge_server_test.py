@@ -28,7 +28,9 @@ import portpicker
 from data_prep import shards
 from tests import testutil
 from workers import certs
+from workers import coordinator
 from workers import health
+from workers import liveness
 from workers import tls
 from workers import topology as topology_lib
 from workers import wire
@@ -100,6 +102,7 @@ class EdgeServerTest(absltest.TestCase):
                   'health': f'127.0.0.1:{cls.pod_health}'}]}]}, 'test')
     path = os.path.join(cls.root, 'topology.yaml')
     topology_lib.save(topology, path)
+    cls.spec = topology.edge_servers[0]
     cls.server = subprocess.Popen(
         [sys.executable, '-m', 'workers.edge_server', f'--topology={path}',
          '--name=edge-server-0'], cwd=_REPO, env=env, stdout=subprocess.PIPE,
@@ -143,6 +146,27 @@ class EdgeServerTest(absltest.TestCase):
       with self.subTest(caller=caller):
         self.assertEqual(self._refusal(self._files(caller)),
                          grpc.StatusCode.PERMISSION_DENIED)
+
+  def test_pings_answer_the_coordinator_and_a_frozen_server_is_dropped(self):
+    client = coordinator.EdgeServerClient(
+        self.spec, self._files('coordinator'), liveness_timeout=3.0)
+    self.addCleanup(client.close)
+    client.ping(30.0)  # Answered: no error.
+    pod = coordinator.EdgeServerClient(self.spec, self._files('edge-0'))
+    self.addCleanup(pod.close)
+    with self.assertRaises(grpc.RpcError) as refused:
+      pod.ping(30.0)
+    self.assertEqual(refused.exception.code(),
+                     grpc.StatusCode.PERMISSION_DENIED)
+    os.kill(self.server.pid, signal.SIGSTOP)  # Alive, answers nothing.
+    try:
+      with self.assertRaisesRegex(liveness.Unresponsive,
+                                  'Describe on edge server edge-server-0'):
+        client.call('Describe', {}, timeout=600)
+    finally:
+      os.kill(self.server.pid, signal.SIGCONT)
+    header, _, _, _ = client.call('Describe', {}, timeout=120)
+    self.assertEqual([p['name'] for p in header['pods']], ['edge-0'])
 
   def test_only_edge_servers_may_call_a_pod(self):
     target = f'127.0.0.1:{self.pod_port}'

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from data_prep.errors import UserError
+from workers import liveness
 from workers import wire
 from workers import worker_process
 
@@ -115,6 +116,8 @@ def failure_of(error: Exception) -> tuple[str, str]:
                  f'{worker_process.MAX_MESSAGE_ENV} higher on every tier)')
     name = code.name if code is not None else 'UNKNOWN'
     return kind, f'{name}: {detail}'[:2000]
+  if isinstance(error, liveness.Unresponsive):
+    return 'unresponsive', str(error)[:2000]
   if isinstance(error, (wire.WireError, BadReply)):
     return 'bad_reply', f'{type(error).__name__}: {error}'[:2000]
   return 'error', f'{type(error).__name__}: {error}'[:2000]

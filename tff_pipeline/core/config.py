@@ -305,6 +305,12 @@ class TrainConfig:
       'With --executor=remote: seconds a pod may take for its part of a '
       'round before it is dropped from the round (0: no limit).',
       check=_at_least(0.0))
+  liveness_timeout: float = _opt(
+      30.0, 'device_args',
+      'With --executor=remote: seconds an edge server may go without '
+      'answering a ping while the coordinator waits on it before it is '
+      'dropped from the round (0: only --round_timeout bounds the wait).',
+      check=_at_least(0.0))
   round_retries: int = _opt(
       3, 'device_args',
       'With --executor=remote: how often a round in which no pod succeeded '
