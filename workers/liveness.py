@@ -55,7 +55,8 @@ def await_call(future: 'grpc.Future[_T]', ping: Callable[[float], object],
     silence_timeout: Seconds without an answer to a ping after which the
       call is cancelled.
     what: The call, for the error message.
-    interval: Seconds between pings.
+    interval: Seconds between pings (at most a third of `silence_timeout`,
+      so a live peer always has pings to answer before it is given up).
 
   Returns:
     The call's result.
@@ -64,15 +65,17 @@ def await_call(future: 'grpc.Future[_T]', ping: Callable[[float], object],
     grpc.RpcError: The call failed (including its own deadline).
     Unresponsive: No ping was answered for `silence_timeout` seconds.
   """
+  interval = min(interval, silence_timeout / 3)
   last_answer = time.monotonic()
   while True:
     try:
       return future.result(timeout=interval)
     except grpc.FutureTimeoutError:
       pass
-    silent = time.monotonic() - last_answer
-    if silent < silence_timeout and answers(
-        ping, min(silence_timeout - silent, 2 * interval)):
+    # The ping may use what is left of the silence budget: a slow answer
+    # still counts.
+    budget = silence_timeout - (time.monotonic() - last_answer)
+    if budget > 0 and answers(ping, budget):
       last_answer = time.monotonic()
     elif time.monotonic() - last_answer >= silence_timeout:
       future.cancel()

@@ -49,11 +49,12 @@ class _Server:
   def ping(self, timeout: float) -> None:
     self.channel.unary_unary('/t.Peer/Ping')(b'', timeout=timeout)
 
-  def call(self, silence_timeout: float, deadline: float = 120.0):
+  def call(self, silence_timeout: float, deadline: float = 120.0,
+           interval: float = 0.2):
     future = self.channel.unary_unary('/t.Peer/Run').future(
         b'x', timeout=deadline)
     return liveness.await_call(future, self.ping, silence_timeout, 'Run',
-                               interval=0.2)
+                               interval=interval)
 
   def stop(self):
     self.release.set()
@@ -72,6 +73,12 @@ class AwaitCallTest(absltest.TestCase):
     server = self._server()
     server.run_seconds = 3.0  # Fifteen ping intervals, six silence timeouts.
     self.assertEqual(server.call(silence_timeout=0.5), b'result:x')
+
+  def test_a_silence_timeout_below_the_ping_interval_still_pings_first(self):
+    server = self._server()
+    server.run_seconds = 4.0  # Twice the interval, four silence timeouts.
+    self.assertEqual(server.call(silence_timeout=1.0, interval=2.0),
+                     b'result:x')
 
   def test_a_peer_that_stops_answering_pings_is_given_up_and_the_call_cancelled(self):
     server = self._server(ping=False)
