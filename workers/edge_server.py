@@ -455,7 +455,9 @@ def _pong(header: dict[str, Any], blobs: dict[str, bytes]):
 
 
 # Concurrent calls beyond this are refused with RESOURCE_EXHAUSTED (the
-# coordinator makes one Run per edge server per round).
+# coordinator makes one Run per edge server per round). A thread for each:
+# an admitted Ping never queues behind busy handlers, which would read as a
+# frozen server.
 _MAX_CONCURRENT_RPCS = 16
 
 
@@ -463,7 +465,7 @@ def serve(server: EdgeServer, port: int,
           tls: Optional[tls_lib.TlsFiles] = None) -> grpc.Server:
   """Starts the gRPC service of `server` on `port` (mutual TLS with `tls`)."""
   grpc_server = grpc.server(
-      concurrent.futures.ThreadPoolExecutor(max_workers=8),
+      concurrent.futures.ThreadPoolExecutor(max_workers=_MAX_CONCURRENT_RPCS),
       options=tls_lib.SERVER_OPTIONS,
       maximum_concurrent_rpcs=_MAX_CONCURRENT_RPCS)
   grpc_server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(

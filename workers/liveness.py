@@ -67,20 +67,24 @@ def await_call(future: 'grpc.Future[_T]', ping: Callable[[float], object],
   """
   interval = min(interval, silence_timeout / 3)
   last_answer = time.monotonic()
-  while True:
-    try:
-      return future.result(timeout=interval)
-    except grpc.FutureTimeoutError:
-      pass
-    # The ping may use what is left of the silence budget: a slow answer
-    # still counts.
-    budget = silence_timeout - (time.monotonic() - last_answer)
-    if budget > 0 and answers(ping, budget):
-      last_answer = time.monotonic()
-    elif time.monotonic() - last_answer >= silence_timeout:
-      future.cancel()
-      if future.done() and not future.cancelled():
-        return future.result()  # It finished as we gave up on it.
-      raise Unresponsive(
-          f'{what}: the peer answered no ping for {silence_timeout:g} s '
-          '(frozen, overloaded or cut off); the call was cancelled')
+  try:
+    while True:
+      try:
+        return future.result(timeout=interval)
+      except grpc.FutureTimeoutError:
+        pass
+      # Always one ping after waking, with at least `interval` to answer:
+      # a pause of ours (a starved thread) is never held against the peer.
+      budget = silence_timeout - (time.monotonic() - last_answer)
+      if answers(ping, max(budget, interval)):
+        last_answer = time.monotonic()
+      elif time.monotonic() - last_answer >= silence_timeout:
+        future.cancel()
+        if future.done() and not future.cancelled():
+          return future.result()  # It finished as we gave up on it.
+        raise Unresponsive(
+            f'{what}: the peer answered no ping for {silence_timeout:g} s '
+            '(frozen, overloaded or cut off); the call was cancelled')
+  except BaseException:
+    future.cancel()  # No-op once done; never leave the call running.
+    raise

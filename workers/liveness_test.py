@@ -18,6 +18,7 @@ class _Server:
     # Set when a Run call ends; while its handler still waits, that is a
     # cancellation.
     self.ended = threading.Event()
+    self.returned = threading.Event()  # Set when a Run handler returns.
     self.run_seconds = 0.0
     self.run_status = grpc.StatusCode.OK
     self.ping_answers = ping  # False: Ping blocks like a frozen process.
@@ -36,6 +37,7 @@ class _Server:
   def _run(self, request, context):
     context.add_callback(self.ended.set)
     self.release.wait(self.run_seconds)
+    self.returned.set()
     if self.run_status != grpc.StatusCode.OK:
       context.abort(self.run_status, 'the handler failed')
     return b'result:' + request
@@ -71,13 +73,13 @@ class AwaitCallTest(absltest.TestCase):
 
   def test_a_call_longer_than_the_silence_timeout_finishes_while_pings_answer(self):
     server = self._server()
-    server.run_seconds = 3.0  # Fifteen ping intervals, six silence timeouts.
-    self.assertEqual(server.call(silence_timeout=0.5), b'result:x')
+    server.run_seconds = 8.0  # Forty ping intervals, two silence timeouts.
+    self.assertEqual(server.call(silence_timeout=4.0), b'result:x')
 
   def test_a_silence_timeout_below_the_ping_interval_still_pings_first(self):
     server = self._server()
-    server.run_seconds = 4.0  # Twice the interval, four silence timeouts.
-    self.assertEqual(server.call(silence_timeout=1.0, interval=2.0),
+    server.run_seconds = 10.0  # Past the interval, 2.5 silence timeouts.
+    self.assertEqual(server.call(silence_timeout=4.0, interval=8.0),
                      b'result:x')
 
   def test_a_peer_that_stops_answering_pings_is_given_up_and_the_call_cancelled(self):
@@ -89,12 +91,12 @@ class AwaitCallTest(absltest.TestCase):
     # The server saw the call end while its handler still waited: the
     # cancellation reached it, so it can stop working for nobody.
     self.assertTrue(server.ended.wait(30))
-    self.assertFalse(server.release.is_set())
+    self.assertFalse(server.returned.is_set())
 
   def test_a_peer_without_ping_still_counts_as_answering(self):
     server = self._server(ping=None)  # UNIMPLEMENTED is an answer.
-    server.run_seconds = 2.0
-    self.assertEqual(server.call(silence_timeout=0.5), b'result:x')
+    server.run_seconds = 8.0
+    self.assertEqual(server.call(silence_timeout=4.0), b'result:x')
 
   def test_the_calls_own_failure_and_deadline_pass_through(self):
     server = self._server()

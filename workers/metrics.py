@@ -52,8 +52,9 @@ _TLS_SOCKET_SECONDS = 10.0
 
 # The tasks' metric names in metrics.jsonl `train` and `eval` rows.
 TASK_METRICS = ('accuracy', 'loss', 'rmse', 'recall_at_5')
-# RoundReport failure kinds (tff_pipeline/distributed.py).
-FAILURE_KINDS = ('unavailable', 'timeout', 'error')
+# RoundReport failure kinds (workers/limits.py failure_of, edge servers).
+FAILURE_KINDS = ('unavailable', 'timeout', 'unresponsive', 'refused',
+                 'too_large', 'bad_reply', 'error')
 # metrics.jsonl `network` keys: <tier>_bytes_<direction>. The coordinator
 # tier is coordinator <-> edge servers, the edge_server tier edge servers <->
 # pods; `sent` is away from the coordinator.

@@ -208,9 +208,11 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 
 
 # Keepalive on channels that cross the network: a peer that stops answering
-# (SIGSTOP, a dead host, a cut link) fails the call within ~30 s instead of
-# leaving it waiting for its deadline. Our gRPC servers allow these pings
-# (SERVER_OPTIONS); nginx answers pings itself.
+# (SIGSTOP, a dead host, a cut link) loses its connection within ~30 s. That
+# does not bound the call (gRPC retries it on a new connection, which may
+# hang in the TLS handshake: 100-600 s measured); workers/liveness.py does.
+# Our gRPC servers allow these pings (SERVER_OPTIONS); nginx answers pings
+# itself.
 KEEPALIVE_OPTIONS = (
     ('grpc.keepalive_time_ms', 20_000),
     ('grpc.keepalive_timeout_ms', 10_000),

@@ -309,7 +309,8 @@ class TrainConfig:
       30.0, 'device_args',
       'With --executor=remote: seconds an edge server may go without '
       'answering a ping while the coordinator waits on it before it is '
-      'dropped from the round (0: only --round_timeout bounds the wait).',
+      'dropped from the round (at start-up: the run stops; 0: only '
+      '--round_timeout bounds the wait).',
       check=_at_least(0.0))
   round_retries: int = _opt(
       3, 'device_args',
