@@ -40,8 +40,6 @@ from workers import topology as topology_lib
 from workers import wire
 
 _SERVICE = '/tff_edge.EdgeServer/'
-# Default for --liveness_timeout.
-LIVENESS_TIMEOUT_SECONDS = 30.0
 # Slack on top of --round_timeout for the edge server's merge and reply.
 _REPLY_SLACK_SECONDS = 30.0
 
@@ -92,7 +90,8 @@ class EdgeServerClient:
 
   def __init__(self, spec: topology_lib.EdgeServer,
                tls: Optional[tls_lib.TlsFiles] = None,
-               liveness_timeout: float = LIVENESS_TIMEOUT_SECONDS):
+               liveness_timeout: float = (
+                   liveness.DEFAULT_SILENCE_TIMEOUT_SECONDS)):
     self.spec = spec
     # The edge server's certificate names it, not its address.
     self._channel = tls_lib.grpc_channel(spec.address, tls,
@@ -160,7 +159,8 @@ class Cluster:
 
   def __init__(self, topology: topology_lib.Topology,
                tls: Optional[tls_lib.TlsFiles] = None,
-               liveness_timeout: float = LIVENESS_TIMEOUT_SECONDS):
+               liveness_timeout: float = (
+                   liveness.DEFAULT_SILENCE_TIMEOUT_SECONDS)):
     self.topology = topology
     self.tls = tls
     self.servers = [EdgeServerClient(s, tls, liveness_timeout)

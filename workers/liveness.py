@@ -25,13 +25,15 @@ _T = TypeVar('_T')
 
 # How often a waiting call pings its peer.
 PING_INTERVAL_SECONDS = 5.0
+# The silence after which an edge server is given up (--liveness_timeout).
+DEFAULT_SILENCE_TIMEOUT_SECONDS = 30.0
 # Statuses of a ping that the peer never answered; any other status is an
 # answer (e.g. UNIMPLEMENTED from a server that predates the ping).
 _UNANSWERED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class Unresponsive(Exception):
-  """The peer answered no ping for the silence timeout; the call was cancelled."""
+  """No ping answered for the silence timeout; the call was cancelled."""
 
 
 def answers(ping: Callable[[float], object], timeout: float) -> bool:

@@ -21,6 +21,7 @@ import yaml
 from data_prep.errors import UserError
 from data_prep.errors import did_you_mean
 from tff_pipeline.core import fedml
+from workers import liveness
 
 SECTIONS = (
     'common_args',
@@ -306,7 +307,7 @@ class TrainConfig:
       'round before it is dropped from the round (0: no limit).',
       check=_at_least(0.0))
   liveness_timeout: float = _opt(
-      30.0, 'device_args',
+      liveness.DEFAULT_SILENCE_TIMEOUT_SECONDS, 'device_args',
       'With --executor=remote: seconds an edge server may go without '
       'answering a ping while the coordinator waits on it before it is '
       'dropped from the round (at start-up: the run stops; 0: only '
